@@ -1,0 +1,99 @@
+"""Device, seeding and profile helpers shared by every chapter (introduced in "Data and tools")."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["get_device", "seed_everything", "profile", "PROFILES"]
+
+PROFILES = ("quick", "paper")
+
+
+def get_device() -> torch.device:
+    """Return the device that computations should use.
+
+    The order is CUDA, then Apple MPS, then CPU. The environment variable ``BDK_DEVICE``
+    (for example ``cpu``, ``cuda``, ``cuda:1`` or ``mps``) overrides the choice.
+
+    Returns:
+        The selected ``torch.device``.
+
+    Raises:
+        RuntimeError: if ``BDK_DEVICE`` names a device type that this machine does not have.
+        ValueError: if ``BDK_DEVICE`` is not a valid device string.
+    """
+    requested = os.environ.get("BDK_DEVICE", "").strip()
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError as err:
+            raise ValueError(
+                f"BDK_DEVICE={requested!r} is not a device string; use e.g. 'cpu', 'cuda', 'cuda:0' or 'mps'."
+            ) from err
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    f"BDK_DEVICE={requested!r} asks for CUDA, but PyTorch sees no CUDA device here. "
+                    "Unset BDK_DEVICE (or set BDK_DEVICE=cpu) to run on the CPU."
+                )
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise RuntimeError(
+                    f"BDK_DEVICE={requested!r} asks for CUDA device {device.index}, "
+                    f"but only {torch.cuda.device_count()} CUDA device(s) exist."
+                )
+        if device.type == "mps" and not (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        ):
+            raise RuntimeError(
+                f"BDK_DEVICE={requested!r} asks for Apple MPS, which is not available here. "
+                "Unset BDK_DEVICE to pick the best available device."
+            )
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's (CPU and every CUDA device) global generators.
+
+    Args:
+        seed: a non-negative integer.
+
+    Raises:
+        ValueError: if ``seed`` is not a non-negative integer.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def profile() -> str:
+    """Return the run profile, ``"quick"`` or ``"paper"``.
+
+    Read from the environment variable ``BDK_PROFILE``. When it is unset (or empty) the profile is
+    ``"paper"`` if a CUDA device is present and ``"quick"`` otherwise. ``quick`` is what CI and a
+    laptop run; ``paper`` is the paper's scale.
+
+    Raises:
+        ValueError: if ``BDK_PROFILE`` holds anything else.
+    """
+    value = os.environ.get("BDK_PROFILE", "").strip()
+    if not value:
+        return "paper" if torch.cuda.is_available() else "quick"
+    if value not in PROFILES:
+        raise ValueError(
+            f"BDK_PROFILE={value!r} is not a profile; valid values are {', '.join(map(repr, PROFILES))}."
+        )
+    return value

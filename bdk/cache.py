@@ -1,0 +1,153 @@
+"""Results cache keyed by configuration, checkpoints that let long runs resume, and progress bars.
+
+Introduced in "Data and tools". The cache lives in ``BDK_CACHE_DIR`` (default ``~/.cache/bdk``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .config import config_dict, config_hash
+
+__all__ = ["cache_dir", "load_or_run", "Checkpointer", "progress", "atomic_save"]
+
+
+def cache_dir() -> Path:
+    """Return the results/checkpoint directory: ``BDK_CACHE_DIR`` or ``~/.cache/bdk``."""
+    root = os.environ.get("BDK_CACHE_DIR")
+    path = Path(root) if root else Path.home() / ".cache" / "bdk"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_or_run(
+    name: str,
+    config: Any,
+    fn: Callable[[Any], Any],
+    *,
+    directory: str | os.PathLike | None = None,
+    force: bool = False,
+    verbose: bool = True,
+) -> Any:
+    """Return ``fn(config)``, computed once per configuration and cached on disk.
+
+    The file is ``<directory>/<name>-<config_hash>.pt``; it stores the configuration beside the
+    result, so a stale file with the same hash but different fields is detected and recomputed.
+
+    Args:
+        name: a file-name-safe experiment name.
+        config: a dataclass configuration; every field takes part in the key.
+        fn: computes the result from the configuration (tensors, arrays, dicts, numbers).
+        directory: where to cache; by default :func:`cache_dir`.
+        force: recompute even if a cached result exists.
+        verbose: say whether the result was loaded or computed, and how long it took.
+    """
+    if not name or any(c in name for c in "/\\ "):
+        raise ValueError(f"name must be a non-empty file-name-safe string, got {name!r}.")
+    folder = Path(directory) if directory is not None else cache_dir()
+    path = folder / f"{name}-{config_hash(config)}.pt"
+    if path.exists() and not force:
+        stored = _load(path)
+        if stored.get("config") == config_dict(config):
+            if verbose:
+                print(f"{name}: loaded cached result from {path} (computed in {stored['seconds']:.1f} s)")
+            return stored["result"]
+    start = time.perf_counter()
+    result = fn(config)
+    seconds = time.perf_counter() - start
+    atomic_save({"config": config_dict(config), "result": result, "seconds": seconds}, path)
+    if verbose:
+        print(f"{name}: ran in {seconds:.1f} s; result cached at {path}")
+    return result
+
+
+class Checkpointer:
+    """Save and restore the state of a long loop so that an interrupted run resumes where it stopped.
+
+    Usage::
+
+        ckpt = Checkpointer(cache_dir() / f"mnist-sgld-{config_hash(cfg)}.ckpt", every=500)
+        state = ckpt.load()                       # None on a fresh start
+        start = 0 if state is None else state["step"]
+        if state is not None:
+            model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+        for step in range(start, num_steps):
+            ...
+            ckpt.maybe_save(step + 1, lambda: {"step": step + 1, "model": model.state_dict(), ...})
+        ckpt.clear()
+
+    Args:
+        path: the checkpoint file.
+        every: save every ``every`` steps (``maybe_save`` with ``step % every == 0``).
+    """
+
+    def __init__(self, path: str | os.PathLike, every: int = 1000):
+        if every < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every}.")
+        self.path = Path(path)
+        self.every = int(every)
+
+    def load(self) -> Any | None:
+        """Return the saved state, or ``None`` if there is no checkpoint."""
+        if not self.path.exists():
+            return None
+        return _load(self.path)
+
+    def save(self, state: Any) -> None:
+        """Save ``state`` atomically."""
+        atomic_save(state, self.path)
+
+    def maybe_save(self, step: int, state_fn: Callable[[], Any]) -> bool:
+        """Save ``state_fn()`` if ``step`` is a multiple of ``every``; return whether it saved."""
+        if step % self.every == 0:
+            self.save(state_fn())
+            return True
+        return False
+
+    def clear(self) -> None:
+        """Delete the checkpoint (call when the run has finished and its result is stored)."""
+        if self.path.exists():
+            self.path.unlink()
+
+
+def _tqdm():
+    try:  # widgets where they render (Jupyter/Colab with ipywidgets), text elsewhere
+        import ipywidgets  # noqa: F401
+
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
+    return tqdm
+
+
+def progress(iterable: Iterable | None = None, **kwargs) -> Any:
+    """A tqdm progress bar; ``BDK_PROGRESS=0`` turns every bar off (the book build does)."""
+    if os.environ.get("BDK_PROGRESS", "1") == "0":
+        kwargs["disable"] = True
+    kwargs.setdefault("mininterval", 1.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return _tqdm()(iterable, **kwargs)

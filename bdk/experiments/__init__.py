@@ -1,0 +1,1 @@
+"""One module per chapter with the experiments that chapter runs; each takes a profile or a config."""

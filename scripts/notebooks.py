@@ -1,0 +1,120 @@
+"""Keep the book's notebooks consistent: the setup cell, no stored outputs, a title first.
+
+    python scripts/notebooks.py check          # exit 1 and list problems
+    python scripts/notebooks.py fix            # rewrite setup cells, strip outputs
+    python scripts/notebooks.py new book/x.ipynb "Title"   # a new notebook with the setup cell
+
+The setup cell installs ``bdk`` on Colab at the revision pinned below, from the repository URL in
+``_config.yml``; everywhere else it uses the installed ``bdk``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED_REVISION = "v0.1.0"
+
+
+def repository_url() -> str:
+    text = (ROOT / "_config.yml").read_text()
+    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", text, flags=re.M)
+    if not match:
+        raise SystemExit("_config.yml has no repository.url")
+    return match.group(1)
+
+
+def setup_source() -> str:
+    return (
+        "# Setup: on Colab, install bdk at the book's pinned revision; then seed, style, device, profile.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install -q "bdk @ git+{repository_url()}@{PINNED_REVISION}"\n'
+        "\n"
+        "import bdk\n"
+        "\n"
+        "device = bdk.setup_notebook(seed=0)"
+    )
+
+
+SETUP_METADATA = {"tags": ["hide-input"]}
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in (ROOT / "book").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def problems(path: Path) -> list[str]:
+    nb = json.loads(path.read_text())
+    found = []
+    cells = nb.get("cells", [])
+    if not cells or cells[0]["cell_type"] != "markdown" or not "".join(cells[0]["source"]).lstrip().startswith("# "):
+        found.append("the first cell must be a markdown cell starting with a '# Title'")
+    code = [c for c in cells if c["cell_type"] == "code"]
+    if not code or "".join(code[0]["source"]) != setup_source():
+        found.append("the first code cell must be the setup cell (run `python scripts/notebooks.py fix`)")
+    for c in code:
+        if c.get("outputs") or c.get("execution_count") is not None:
+            found.append("notebooks are committed without outputs (run `python scripts/notebooks.py fix`)")
+            break
+    if nb.get("metadata", {}).get("kernelspec", {}).get("name") != "python3":
+        found.append("kernelspec must be python3")
+    return found
+
+
+def fix(path: Path) -> None:
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    if code and "setup_notebook" in "".join(code[0]["source"]):
+        code[0]["source"] = setup_source().splitlines(keepends=True)
+        code[0]["metadata"] = dict(SETUP_METADATA)
+    for c in code:
+        c["outputs"] = []
+        c["execution_count"] = None
+    nb.setdefault("metadata", {})["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def new(path: Path, title: str) -> None:
+    def md(text):
+        return {"cell_type": "markdown", "metadata": {}, "source": text.splitlines(keepends=True)}
+
+    nb = {
+        "cells": [
+            md(f"# {title}\n"),
+            {"cell_type": "code", "execution_count": None, "metadata": dict(SETUP_METADATA), "outputs": [],
+             "source": setup_source().splitlines(keepends=True)},
+        ],
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"check", "fix", "new"}:
+        print(__doc__)
+        return 2
+    if argv[0] == "new":
+        new(Path(argv[1]), argv[2])
+        return 0
+    bad = 0
+    for path in notebooks():
+        if argv[0] == "fix":
+            fix(path)
+        for problem in problems(path):
+            print(f"{path.relative_to(ROOT)}: {problem}")
+            bad += 1
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
