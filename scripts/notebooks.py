@@ -4,14 +4,15 @@
     python scripts/notebooks.py fix            # rewrite setup cells, strip outputs
     python scripts/notebooks.py new book/x.ipynb "Title"   # a new notebook with the setup cell
 
-The setup cell installs ``bdk`` on Colab at the revision pinned below, from the repository URL in
-``_config.yml``; everywhere else it uses the installed ``bdk``.
+The setup cell clones the repository (URL from ``_config.yml``) on Colab at the revision pinned
+below and installs ``bdk`` from it; everywhere else it uses the installed ``bdk``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 import sys
 from pathlib import Path
 
@@ -29,11 +30,15 @@ def repository_url() -> str:
 
 def setup_source() -> str:
     return (
-        "# Setup: on Colab, install bdk at the book's pinned revision; then seed, style, device, profile.\n"
+        "# Setup: on Colab, install bdk (with its data/ folder) at the book's pinned revision;\n"
+        "# then seed every generator, set the plot style, and print the profile and device.\n"
+        "import os\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
-        f'    %pip install -q "bdk @ git+{repository_url()}@{PINNED_REVISION}"\n'
+        f"    !git clone -q --depth 1 --branch {PINNED_REVISION} {repository_url()} /content/bdk-book\n"
+        '    %pip install -q /content/bdk-book\n'
+        '    os.environ.setdefault("BDK_DATA_DIR", "/content/bdk-book/data")\n'
         "\n"
         "import bdk\n"
         "\n"
@@ -75,18 +80,24 @@ def fix(path: Path) -> None:
     for c in code:
         c["outputs"] = []
         c["execution_count"] = None
+    for c in nb["cells"]:
+        c.setdefault("id", uuid.uuid4().hex[:8])
+        c.get("metadata", {}).pop("execution", None)
+    nb["nbformat"], nb["nbformat_minor"] = 4, 5
     nb.setdefault("metadata", {})["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def new(path: Path, title: str) -> None:
     def md(text):
-        return {"cell_type": "markdown", "metadata": {}, "source": text.splitlines(keepends=True)}
+        return {"cell_type": "markdown", "id": uuid.uuid4().hex[:8], "metadata": {},
+                "source": text.splitlines(keepends=True)}
 
     nb = {
         "cells": [
             md(f"# {title}\n"),
-            {"cell_type": "code", "execution_count": None, "metadata": dict(SETUP_METADATA), "outputs": [],
+            {"cell_type": "code", "id": uuid.uuid4().hex[:8], "execution_count": None,
+             "metadata": dict(SETUP_METADATA), "outputs": [],
              "source": setup_source().splitlines(keepends=True)},
         ],
         "metadata": {

@@ -1,0 +1,21 @@
+"""Shared fixtures: every test gets its own results cache and a clean profile/device environment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("BDK_CACHE_DIR", str(tmp_path / "bdk-cache"))
+    monkeypatch.setenv("BDK_PROGRESS", "0")
+    monkeypatch.delenv("BDK_DEVICE", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    yield
+
+
+@pytest.fixture
+def generator():
+    """A seeded CPU generator for tests that draw random numbers."""
+    return torch.Generator().manual_seed(1234)
