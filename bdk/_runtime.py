@@ -64,13 +64,13 @@ def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's (CPU and every CUDA device) global generators.
 
     Args:
-        seed: a non-negative integer.
+        seed: a non-negative integer below ``2**64`` (the range of PyTorch's generator).
 
     Raises:
         ValueError: if ``seed`` is not a non-negative integer.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be a non-negative integer below 2**64, got {seed!r}.")
     seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -5,6 +5,7 @@ Introduced in "Data and tools". The cache lives in ``BDK_CACHE_DIR`` (default ``
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -40,6 +41,10 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def _canonical(config: dict | None) -> str | None:
+    return None if config is None else json.dumps(config, sort_keys=True, default=repr)
+
+
 def _load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -71,8 +76,12 @@ def load_or_run(
     folder = Path(directory) if directory is not None else cache_dir()
     path = folder / f"{name}-{config_hash(config)}.pt"
     if path.exists() and not force:
-        stored = _load(path)
-        if stored.get("config") == config_dict(config):
+        try:
+            stored = _load(path)
+        except Exception as err:  # a truncated or foreign file: say so and recompute
+            print(f"{name}: cached file {path} could not be read ({type(err).__name__}); running again")
+            stored = {}
+        if _canonical(stored.get("config")) == _canonical(config_dict(config)):
             if verbose:
                 print(f"{name}: loaded cached result from {path} (computed in {stored['seconds']:.1f} s)")
             return stored["result"]
@@ -106,8 +115,8 @@ class Checkpointer:
     """
 
     def __init__(self, path: str | os.PathLike, every: int = 1000):
-        if every < 1:
-            raise ValueError(f"every must be a positive number of steps, got {every}.")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer number of steps, got {every!r}.")
         self.path = Path(path)
         self.every = int(every)
 
