@@ -1,0 +1,108 @@
+"""The registry of reproducible experiments behind ``python -m bdk reproduce``.
+
+Each experiment of the book registers itself with a name, its per-profile configurations and a
+``run(config) -> dict`` function. The chapters and the command line both go through
+:func:`run_experiment`, which caches the result by configuration (``bdk.load_or_run``), so the book
+and the command never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+__all__ = ["Experiment", "register", "get", "names", "select_config", "run_experiment", "MODULES"]
+
+# Modules whose import registers experiments (one per chapter).
+MODULES = (
+    "bdk.experiments.langevin",
+    "bdk.experiments.sgd_sde",
+    "bdk.experiments.sgld",
+    "bdk.experiments.blr",
+    "bdk.experiments.ivon",
+    "bdk.experiments.distill",
+)
+
+_REGISTRY: dict[str, "Experiment"] = {}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named experiment: its configurations per profile and the function that runs one.
+
+    Attributes:
+        name: the command-line name, e.g. ``"bdk-mnist"``.
+        chapter: the chapter (notebook) that shows it.
+        description: one line for ``--list``.
+        configs: one frozen dataclass per profile (``"quick"``, ``"paper"``).
+        run: computes the results (a dict of numbers, lists, arrays or tensors) from a config.
+        summary: optional; turns the results into a Markdown table (ours beside the paper's).
+        figures: optional; turns the results into ``{file_stem: matplotlib Figure}``.
+        combine: optional; merges the results of several seeds or chains (``--chains K``) into one
+            dict (for example pooled samples and R-hat across chains).
+    """
+
+    name: str
+    chapter: str
+    description: str
+    configs: Mapping[str, Any]
+    run: Callable[[Any], dict]
+    summary: Callable[[dict], str] | None = None
+    figures: Callable[[dict], dict] | None = None
+    combine: Callable[[list], dict] | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Add an experiment to the registry (re-registering the same name replaces it)."""
+    _REGISTRY[experiment.name] = experiment
+    return experiment
+
+
+def _load_all() -> None:
+    for module in MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def names() -> list[str]:
+    """The names of every registered experiment, in chapter order."""
+    _load_all()
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Experiment:
+    """The experiment called ``name``.
+
+    Raises:
+        KeyError: with the list of valid names, if there is no such experiment.
+    """
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"no experiment called {name!r}; valid names: {', '.join(_REGISTRY)} (or 'all').")
+    return _REGISTRY[name]
+
+
+def select_config(experiment: Experiment, profile: str | None = None) -> Any:
+    """The experiment's configuration for a profile (default: the active one), without printing."""
+    from ..config import select
+
+    return select(experiment.configs, profile=profile, verbose=False)
+
+
+def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str, Any] | None = None,
+                   force: bool = False, verbose: bool = True) -> dict:
+    """Run (or load from the cache) the experiment ``name`` in a profile; return its results."""
+    from ..cache import load_or_run
+    from ..config import select
+
+    experiment = get(name)
+    config = select(experiment.configs, profile=profile, verbose=verbose)
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    return load_or_run(name, config, experiment.run, force=force, verbose=verbose)
