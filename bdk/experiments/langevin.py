@@ -1,0 +1,592 @@
+"""Experiments of the chapter "Langevin dynamics and its stationary distribution" (``book/langevin.ipynb``).
+
+One configuration per profile (:data:`CONFIGS`); each ``run_*`` function takes it and returns plain
+results (floats and NumPy arrays, on the CPU), and each ``plot_*`` function turns those results into a
+figure. The chapter calls them through ``bdk.load_or_run``; ``python -m bdk reproduce`` through the
+registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import langevin as L
+from .._runtime import get_device
+from ..plotting import method_color
+from .registry import Experiment, register
+
+__all__ = [
+    "LangevinConfig",
+    "CONFIGS",
+    "double_well",
+    "banana",
+    "run_histograms",
+    "run_bias",
+    "run_fokker_planck",
+    "run_mala",
+    "plot_histograms",
+    "plot_convergence",
+    "plot_bias",
+    "plot_fokker_planck",
+    "plot_mala",
+    "fit_loglog_slope",
+]
+
+
+@dataclass(frozen=True)
+class LangevinConfig:
+    """Sizes of the chapter's experiments.
+
+    Attributes:
+        num_particles: independent particles (chains) for the Gibbs histograms and the density flow.
+        step_size: Euler-Maruyama time step for the 1-D Gibbs histogram.
+        step_size_2d: Euler-Maruyama time step for the 2-D (banana) histogram.
+        total_time: simulated time for the Gibbs histograms (the double well relaxes in about 1.25).
+        num_snapshots: trajectory snapshots kept for the distance-versus-time curves.
+        bias_step_sizes_gaussian, bias_step_sizes_double_well: step sizes of the bias study.
+        bias_num_particles: particles per step size in the bias study.
+        bias_burn_in_time, bias_average_time: burn-in and averaging time of the bias study.
+        fp_num_cells: finite-volume cells on [-2.5, 2.5] for the Fokker-Planck solver.
+        fp_particle_step_size: Euler-Maruyama step of the particles drawn beside the solver.
+        fp_times: the times at which density and histogram are compared.
+        mala_step_size: the large step at which Euler-Maruyama is visibly biased and MALA is not.
+        mala_time: simulated time of that comparison.
+        acceptance_step_sizes: step sizes of the acceptance-rate sweep.
+        acceptance_num_particles, acceptance_num_steps: chains and steps per step size in that sweep.
+        seed: base seed of every generator.
+    """
+
+    num_particles: int
+    step_size: float
+    step_size_2d: float
+    total_time: float
+    num_snapshots: int
+    bias_step_sizes_gaussian: tuple
+    bias_step_sizes_double_well: tuple
+    bias_num_particles: int
+    bias_burn_in_time: float
+    bias_average_time: float
+    fp_num_cells: int
+    fp_particle_step_size: float
+    fp_times: tuple
+    mala_step_size: float
+    mala_time: float
+    acceptance_step_sizes: tuple
+    acceptance_num_particles: int
+    acceptance_num_steps: int
+    seed: int = 0
+
+
+CONFIGS = {
+    "quick": LangevinConfig(
+        num_particles=10_000,
+        step_size=0.002,
+        step_size_2d=0.01,
+        total_time=10.0,
+        num_snapshots=40,
+        bias_step_sizes_gaussian=(0.02, 0.05, 0.1, 0.2, 0.4),
+        bias_step_sizes_double_well=(0.006, 0.012, 0.02, 0.03),
+        bias_num_particles=20_000,
+        bias_burn_in_time=3.0,
+        bias_average_time=8.0,
+        fp_num_cells=251,
+        fp_particle_step_size=0.002,
+        fp_times=(0.0, 0.05, 0.2, 0.6, 1.5, 6.0),
+        mala_step_size=0.03,
+        mala_time=8.0,
+        acceptance_step_sizes=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
+        acceptance_num_particles=5_000,
+        acceptance_num_steps=100,
+    ),
+    "paper": LangevinConfig(
+        num_particles=1_000_000,
+        step_size=0.0005,
+        step_size_2d=0.002,
+        total_time=20.0,
+        num_snapshots=80,
+        bias_step_sizes_gaussian=(0.01, 0.02, 0.05, 0.1, 0.2, 0.4),
+        bias_step_sizes_double_well=(0.002, 0.004, 0.008, 0.015, 0.03),
+        bias_num_particles=1_000_000,
+        bias_burn_in_time=6.0,
+        bias_average_time=40.0,
+        fp_num_cells=501,
+        fp_particle_step_size=0.0002,
+        fp_times=(0.0, 0.05, 0.2, 0.6, 1.5, 6.0),
+        mala_step_size=0.03,
+        mala_time=20.0,
+        acceptance_step_sizes=(0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
+        acceptance_num_particles=100_000,
+        acceptance_num_steps=400,
+    ),
+}
+
+
+def double_well() -> L.DoubleWell:
+    """The chapter's double well, :math:`U(x) = (x^2 - 1)^2 + x/2` (the left well is deeper)."""
+    return L.DoubleWell(height=1.0, tilt=0.5)
+
+
+def banana() -> L.Banana:
+    """The chapter's 2-D target, a banana with :math:`s_1 = 1`, :math:`s_2 = 0.5`, :math:`b = 0.5`."""
+    return L.Banana(s1=1.0, s2=0.5, b=0.5)
+
+
+DW_EDGES = np.linspace(-2.5, 2.5, 51)
+BANANA_EDGES = (np.linspace(-3.0, 3.0, 25), np.linspace(-1.5, 3.0, 19))
+
+
+def single_cpu_thread(fn):
+    """Run ``fn`` with one intra-op CPU thread (restored afterwards) when the device is the CPU.
+
+    The particle loops here are many small element-wise operations, bound by per-operation overhead;
+    a second intra-op thread gains little on an idle machine and, on a shared machine, makes the
+    threads wait for each other at every operation (ten times slower or worse was measured).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if get_device().type != "cpu":
+            return fn(*args, **kwargs)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _steps(total_time: float, step_size: float) -> int:
+    return max(1, int(round(total_time / step_size)))
+
+
+def _chain_grid() -> torch.Tensor:
+    """Grid for the Euler-Maruyama chain's stationary law on the double well: the density is below e^-34
+    outside [-2.6, 2.6], and dx = 0.013 resolves the transition kernel of every step size used (dx <= sqrt(2h)/3
+    for h >= 0.0034)."""
+    return torch.linspace(-2.6, 2.6, 401, dtype=torch.float64)
+
+
+def fit_loglog_slope(x, y) -> float:
+    """Least-squares slope of ``log y`` against ``log x`` (the order of a power law ``y ~ x^slope``)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if (x <= 0).any() or (y <= 0).any():
+        raise ValueError("a log-log slope needs positive x and y.")
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Gibbs histograms: the particle cloud converges to exp(-U)
+# ---------------------------------------------------------------------------------------------
+
+
+@single_cpu_thread
+def run_histograms(cfg: LangevinConfig) -> dict:
+    """Euler-Maruyama particles on the double well (1-D) and the banana (2-D), with TV distance to Gibbs over time."""
+    device = get_device()
+    out = {}
+    for name, potential, x0, step, edges in (
+        ("double_well", double_well(), torch.full((cfg.num_particles, 1), 1.5), cfg.step_size, DW_EDGES),
+        ("banana", banana(), torch.tensor([[2.0, 0.0]]).expand(cfg.num_particles, 2), cfg.step_size_2d, BANANA_EDGES),
+    ):
+        num_steps = _steps(cfg.total_time, step)
+        thin = max(1, num_steps // cfg.num_snapshots)
+        start = time.perf_counter()
+        final, trajectory = L.euler_maruyama(
+            potential, x0.to(device).contiguous(), step, num_steps,
+            generator=_generator(device, cfg.seed), thin=thin, return_trajectory=True,
+        )
+        seconds = time.perf_counter() - start
+        probs = L.gibbs_bin_probabilities(potential, edges)
+        tv = np.array([L.histogram_tv_distance(t, edges, probs) for t in trajectory])
+        null_mean, null_sd = L.tv_null_moments(probs, cfg.num_particles)
+        exact = potential.sample(cfg.num_particles, generator=_generator(torch.device("cpu"), cfg.seed + 1))
+        out[name] = {
+            "final": final.cpu().numpy(),
+            "times": np.arange(len(trajectory)) * thin * step,
+            "tv": tv,
+            "tv_exact_samples": L.histogram_tv_distance(exact, edges, probs),
+            "null_mean": null_mean,
+            "null_sd": null_sd,
+            "probs": probs.numpy(),
+            "edges": edges,
+            "step_size": step,
+            "num_steps": num_steps,
+            "seconds": seconds,
+        }
+    return out
+
+
+def plot_histograms(res: dict):
+    """Final particle histograms against the Gibbs density: the double well (left) and the banana (right)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.2, 1, 1]})
+    dw, ban = double_well(), banana()
+    r = res["double_well"]
+    ax = axes[0]
+    ax.hist(r["final"][:, 0], bins=r["edges"], density=True, color=method_color("Euler-Maruyama"), alpha=0.45,
+            label=f"Euler-Maruyama, {len(r['final']):,} particles")
+    xs = torch.linspace(-2.5, 2.5, 600, dtype=torch.float64)
+    ax.plot(xs, dw.density(xs[:, None]), color=method_color("exact"), label=r"Gibbs $e^{-U}/Z$")
+    ax.set_xlabel(r"$x$")
+    ax.set_ylabel("density")
+    ax.set_title(rf"double well at $t = {r['times'][-1]:.0f}$ ($h = {r['step_size']}$)", fontsize=10)
+    ax.set_ylim(0, 1.25 * ax.get_ylim()[1])
+    ax.legend(loc="upper right", fontsize=9)
+
+    r = res["banana"]
+    e1, e2 = r["edges"]
+    g1, g2 = np.meshgrid(np.linspace(e1[0], e1[-1], 200), np.linspace(e2[0], e2[-1], 200), indexing="ij")
+    dens = ban.density(torch.from_numpy(np.stack([g1.ravel(), g2.ravel()], 1))).numpy().reshape(g1.shape)
+    levels = np.exp(-np.array([4.0, 2.0, 1.0, 0.5])) * dens.max()
+    counts, _, _ = np.histogram2d(r["final"][:, 0], r["final"][:, 1], bins=[e1, e2])
+    widths = np.outer(np.diff(e1), np.diff(e2))
+    vmax = max(counts.max() / (len(r["final"]) * widths.min()), dens.max())
+    for ax, image, title in (
+        (axes[1], counts / (len(r["final"]) * widths), f"banana: particles at $t = {r['times'][-1]:.0f}$ ($h = {r['step_size']}$)"),
+        (axes[2], r["probs"] / widths, "banana: exact bin probabilities"),
+    ):
+        mesh = ax.pcolormesh(e1, e2, image.T, cmap="Blues", vmin=0, vmax=vmax, shading="flat")
+        contour = ax.contour(g1, g2, dens, levels=levels, colors=method_color("exact"), linewidths=0.9)
+        ax.set_xlabel(r"$x_1$")
+        ax.set_ylabel(r"$x_2$")
+        ax.set_title(title, fontsize=10)
+        ax.grid(False)
+    handle = plt.Line2D([], [], color=method_color("exact"), lw=0.9)
+    axes[1].legend([handle], [r"contours of Gibbs $e^{-U}/Z$"], loc="upper center")
+    fig.colorbar(mesh, ax=axes[1:], label="density", shrink=0.9)
+    return fig
+
+
+def plot_convergence(res: dict):
+    """TV distance between the particle histogram and the Gibbs bin probabilities, against time."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, (name, title) in zip(axes, (("double_well", "double well (1-D)"), ("banana", "banana (2-D)"))):
+        r = res[name]
+        ax.semilogy(r["times"], r["tv"], marker="o", ms=3, color=method_color("Euler-Maruyama"), label="Euler-Maruyama particles")
+        ax.axhspan(r["null_mean"] - 2 * r["null_sd"], r["null_mean"] + 2 * r["null_sd"], color="0.6", alpha=0.35,
+                   label="exact iid sampling: mean $\\pm$ 2 sd")
+        ax.axhline(r["tv_exact_samples"], color=method_color("exact"), ls=":", label="one set of exact samples")
+        ax.set_xlabel("time $t$")
+        ax.set_title(title)
+        ax.legend(loc="upper right")
+    axes[0].set_ylabel("TV distance to Gibbs (histogram)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Discretisation bias of Euler-Maruyama as a function of the step size
+# ---------------------------------------------------------------------------------------------
+
+
+def _time_averaged_second_moment(potential, x0, step, cfg, seed, device):
+    """Burn in, then average x^2 over time (every ~0.05 time units) and report mean and SE over particles."""
+    burn = _steps(cfg.bias_burn_in_time, step)
+    thin = max(1, int(round(0.05 / step)))
+    blocks = max(1, _steps(cfg.bias_average_time, step) // thin)
+    gen = _generator(device, seed)
+    x = L.euler_maruyama(potential, x0, step, burn, generator=gen)
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for _ in range(blocks):  # accumulate on the fly: no trajectory is stored
+        x = L.euler_maruyama(potential, x, step, thin, generator=gen)
+        total += x[:, 0].double().pow(2)
+    per_particle = total / blocks  # time average per particle: independent across particles
+    return float(per_particle.mean()), float(per_particle.std() / math.sqrt(per_particle.numel()))
+
+
+@single_cpu_thread
+def run_bias(cfg: LangevinConfig) -> dict:
+    """Second moment of the Euler-Maruyama stationary law against the step size, with exact references.
+
+    Gaussian :math:`U = x^2/2`: the chain is AR(1) with stationary variance :math:`1/(1 - h/2)` exactly.
+    Double well: the exact stationary density of the chain from
+    :func:`bdk.langevin.euler_maruyama_stationary_density_1d`, and :math:`E_{Gibbs}[x^2]` by quadrature.
+    """
+    device = get_device()
+    gaussian, dw = L.Gaussian([0.0], 1.0), double_well()
+    n = cfg.bias_num_particles
+    cpu = _generator(torch.device("cpu"), cfg.seed + 7)
+    out = {"gaussian": {"step_sizes": np.array(cfg.bias_step_sizes_gaussian)},
+           "double_well": {"step_sizes": np.array(cfg.bias_step_sizes_double_well)}}
+    # Gaussian: exact AR(1) variance
+    res = out["gaussian"]
+    res["exact"] = np.array([1.0 / (1.0 - h / 2.0) for h in res["step_sizes"]])
+    res["gibbs"] = 1.0
+    x0 = gaussian.sample(n, generator=cpu).to(device)
+    measured = [_time_averaged_second_moment(gaussian, x0, h, cfg, cfg.seed + 10 + i, device)
+                for i, h in enumerate(res["step_sizes"])]
+    res["measured"], res["measured_se"] = np.array(measured).T
+    # double well: exact stationary density of the chain on a grid
+    res = out["double_well"]
+    grid = _chain_grid()
+    dx = float(grid[1] - grid[0])
+    gibbs_m2 = float((dw.density(grid[:, None]) * grid**2).sum() * dx)
+    res["gibbs"] = gibbs_m2
+    res["exact"] = np.array([
+        float((L.euler_maruyama_stationary_density_1d(dw, grid, h) * grid**2).sum() * dx) for h in res["step_sizes"]
+    ])
+    x0 = dw.sample(n, generator=cpu).to(device)
+    measured = [_time_averaged_second_moment(dw, x0, h, cfg, cfg.seed + 20 + i, device)
+                for i, h in enumerate(res["step_sizes"])]
+    res["measured"], res["measured_se"] = np.array(measured).T
+    for res in out.values():
+        res["bias"] = np.abs(res["measured"] - res["gibbs"])
+        res["exact_bias"] = np.abs(res["exact"] - res["gibbs"])
+        res["slope_measured"] = fit_loglog_slope(res["step_sizes"], res["bias"])
+        res["slope_exact"] = fit_loglog_slope(res["step_sizes"], res["exact_bias"])
+    return out
+
+
+def plot_bias(res: dict):
+    """Log-log plot of the bias of the second moment against the step size, with fitted slopes."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+    titles = {"gaussian": r"Gaussian $U = x^2/2$: $|\mathrm{Var}_h - 1|$",
+              "double_well": r"double well: $|E_h[x^2] - E_{\mathrm{Gibbs}}[x^2]|$"}
+    exact_labels = {"gaussian": r"exact AR(1): $\frac{1}{1 - h/2} - 1$",
+                    "double_well": "exact stationary law of the chain (grid)"}
+    for ax, name in zip(axes, ("gaussian", "double_well")):
+        r = res[name]
+        h = r["step_sizes"]
+        ax.loglog(h, r["exact_bias"], color=method_color("exact"), label=f"{exact_labels[name]}, slope {r['slope_exact']:.2f}")
+        ax.errorbar(h, r["bias"], yerr=2 * r["measured_se"], fmt="o", color=method_color("Euler-Maruyama"),
+                    label=f"particles (±2 SE), fitted slope {r['slope_measured']:.2f}")
+        ax.set_xticks(h)
+        ax.set_xticklabels([f"{v:g}" for v in h])
+        ax.minorticks_off()
+        ax.set_xlabel("step size $h$")
+        ax.set_ylabel("bias of the second moment")
+        ax.set_title(titles[name])
+        ax.legend(loc="upper left")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The Fokker-Planck equation: density flow from a narrow start, with particles on top
+# ---------------------------------------------------------------------------------------------
+
+
+@single_cpu_thread
+def run_fokker_planck(cfg: LangevinConfig) -> dict:
+    """Solve the Fokker-Planck equation from a narrow Gaussian at x = 1.5 and move particles beside it."""
+    device = get_device()
+    dw = double_well()
+    grid = torch.linspace(-2.5, 2.5, cfg.fp_num_cells, dtype=torch.float64)
+    dx = float(grid[1] - grid[0])
+    edges_cells = torch.cat([grid - dx / 2, grid[-1:] + dx / 2])
+    start_mean, start_sd = 1.5, 0.1
+    cdf = torch.special.ndtr((edges_cells - start_mean) / start_sd)
+    p0 = (cdf[1:] - cdf[:-1]) / dx  # cell averages of N(1.5, 0.1^2)
+    dt_max = L.fokker_planck_max_dt(dw, grid)
+    times = np.array(cfg.fp_times)
+    # the snapshot times are multiples of 0.05; take the largest dt <= 0.9 dt_max that divides 0.05
+    quantum = 0.05
+    if any(abs(t / quantum - round(t / quantum)) > 1e-9 for t in times):
+        raise ValueError(f"fp_times must be multiples of {quantum}, got {tuple(times)}.")
+    dt = quantum / math.ceil(quantum / (0.9 * dt_max))
+    nonzero = times[times > 0]
+    densities = [p0]
+    p = p0
+    start = time.perf_counter()
+    previous = 0.0
+    for t in nonzero:
+        k = int(round((t - previous) / dt))
+        p = L.fokker_planck_1d(dw, grid, p, dt, k)
+        densities.append(p)
+        previous += k * dt
+    fp_seconds = time.perf_counter() - start
+    long_run = L.fokker_planck_1d(dw, grid, p, dt, int(round(30.0 / dt)))
+    gibbs_discrete = torch.exp(-dw.U(grid[:, None]))
+    gibbs_discrete = gibbs_discrete / (gibbs_discrete.sum() * dx)
+    # particles from the same initial law, snapshots at the same times
+    gen = _generator(device, cfg.seed + 3)
+    x = start_mean + start_sd * torch.randn(cfg.num_particles, 1, generator=gen, device=device)
+    h = cfg.fp_particle_step_size
+    snapshots = [x.cpu().numpy()[:, 0]]
+    previous = 0.0
+    for t in nonzero:
+        k = int(round((t - previous) / h))
+        x = L.euler_maruyama(dw, x, h, k, generator=gen)
+        snapshots.append(x.cpu().numpy()[:, 0])
+        previous += k * h
+    # compare histograms with the solver's bin masses: 5 cells per bin
+    per_bin = 5
+    usable = (cfg.fp_num_cells // per_bin) * per_bin
+    offset = (cfg.fp_num_cells - usable) // 2
+    bin_edges = edges_cells[offset:offset + usable + 1:per_bin].numpy()
+    tv, null = [], []
+    for dens, snap in zip(densities, snapshots):
+        probs = (dens[offset:offset + usable] * dx).reshape(-1, per_bin).sum(1)
+        tv.append(L.histogram_tv_distance(torch.from_numpy(snap), bin_edges, probs))
+        null.append(L.tv_null_moments(probs, cfg.num_particles))
+    masses = np.array([float(d.sum() * dx) for d in densities])
+    return {
+        "grid": grid.numpy(),
+        "dx": dx,
+        "dt": dt,
+        "dt_max": dt_max,
+        "times": times,
+        "densities": torch.stack(densities).numpy(),
+        "particles": np.stack(snapshots),
+        "bin_edges": bin_edges,
+        "tv": np.array(tv),
+        "null_mean": np.array([m for m, _ in null]),
+        "null_sd": np.array([s for _, s in null]),
+        "mass_error": float(np.abs(masses - masses[0]).max()),
+        "min_density": float(min(float(d.min()) for d in densities)),
+        "steady_state_error": float((long_run - gibbs_discrete).abs().max()),
+        "gibbs_density": dw.density(grid[:, None]).numpy(),
+        "fp_seconds": fp_seconds,
+    }
+
+
+def plot_fokker_planck(res: dict):
+    """Small multiples: the Fokker-Planck density and the particle histogram at the same times."""
+    import matplotlib.pyplot as plt
+
+    times = res["times"]
+    fig, axes = plt.subplots(2, (len(times) + 1) // 2, figsize=(13, 6.0), sharex=True)
+    for ax, t, dens, snap, tv, m, s in zip(axes.ravel(), times, res["densities"], res["particles"], res["tv"],
+                                            res["null_mean"], res["null_sd"]):
+        ax.hist(snap, bins=res["bin_edges"], density=True, color=method_color("Euler-Maruyama"), alpha=0.45,
+                label="particles (Euler-Maruyama)")
+        ax.plot(res["grid"], dens, color="#D55E00", label="Fokker-Planck solver")
+        ax.plot(res["grid"], res["gibbs_density"], color=method_color("exact"), ls="--", lw=1.2, label=r"Gibbs $e^{-U}/Z$")
+        ax.set_title(f"$t = {t:g}$   (TV {tv:.3f}; noise {m:.3f} ± {s:.3f})", fontsize=10)
+        ax.set_xlabel(r"$x$")
+        ax.set_ylabel(r"$p(x, t)$")
+    axes.ravel()[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle("Density flow from a narrow start to the Gibbs density")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. MALA: exact at a large step, acceptance -> 1 as the step -> 0
+# ---------------------------------------------------------------------------------------------
+
+
+@single_cpu_thread
+def run_mala(cfg: LangevinConfig) -> dict:
+    """Euler-Maruyama against MALA at one large step (both started from exact samples), and an acceptance sweep."""
+    device = get_device()
+    dw = double_well()
+    h = cfg.mala_step_size
+    num_steps = _steps(cfg.mala_time, h)
+    x0 = dw.sample(cfg.num_particles, generator=_generator(torch.device("cpu"), cfg.seed + 4)).to(device)
+    em = L.euler_maruyama(dw, x0, h, num_steps, generator=_generator(device, cfg.seed + 5))
+    ma, acceptance = L.mala(dw, x0, h, num_steps, generator=_generator(device, cfg.seed + 6))
+    probs = L.gibbs_bin_probabilities(dw, DW_EDGES)
+    null_mean, null_sd = L.tv_null_moments(probs, cfg.num_particles)
+    grid = _chain_grid()
+    em_density = L.euler_maruyama_stationary_density_1d(dw, grid, h)
+    dx = float(grid[1] - grid[0])
+    em_exact_tv = float(0.5 * (em_density - dw.density(grid[:, None])).abs().sum() * dx)
+    # acceptance sweep, from exact samples
+    x0 = dw.sample(cfg.acceptance_num_particles, generator=_generator(torch.device("cpu"), cfg.seed + 8)).to(device)
+    rates = []
+    for i, step in enumerate(cfg.acceptance_step_sizes):
+        _, rate = L.mala(dw, x0, step, cfg.acceptance_num_steps, generator=_generator(device, cfg.seed + 30 + i))
+        rates.append(rate)
+    rates = np.array(rates)
+    steps = np.array(cfg.acceptance_step_sizes)
+    small = steps <= 0.03
+    return {
+        "step_size": h,
+        "num_steps": num_steps,
+        "em": em.cpu().numpy(),
+        "mala": ma.cpu().numpy(),
+        "acceptance": acceptance,
+        "tv_em": L.histogram_tv_distance(em, DW_EDGES, probs),
+        "tv_mala": L.histogram_tv_distance(ma, DW_EDGES, probs),
+        "tv_em_exact": em_exact_tv,
+        "bin_probs": probs.numpy(),
+        "null_mean": null_mean,
+        "null_sd": null_sd,
+        "grid": grid.numpy(),
+        "em_density": em_density.numpy(),
+        "gibbs_density": dw.density(grid[:, None]).numpy(),
+        "acceptance_step_sizes": steps,
+        "acceptance_rates": rates,
+        "rejection_slope": fit_loglog_slope(steps[small], 1 - rates[small]),
+        "rejection_num_proposals": cfg.acceptance_num_particles * cfg.acceptance_num_steps,
+    }
+
+
+def plot_mala(res: dict):
+    """EM and MALA at one large step against Gibbs (densities and per-bin deviations); rejection rate against step."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+    edges = DW_EDGES
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    ax = axes[0]
+    ax.plot(res["grid"], res["gibbs_density"], color=method_color("exact"), label=r"Gibbs $e^{-U}/Z$")
+    ax.plot(res["grid"], res["em_density"], color=method_color("Euler-Maruyama"), ls="--",
+            label="stationary law of Euler-Maruyama (exact)")
+    for name, key, marker in (("Euler-Maruyama", "em", "o"), ("MALA", "mala", "s")):
+        counts, _ = np.histogram(res[key][:, 0], bins=edges)
+        ax.plot(centres, counts / (len(res[key]) * np.diff(edges)), ls="none", marker=marker, ms=3.5,
+                color=method_color(name), label=f"{name} histogram (TV {res['tv_' + key]:.3f})")
+    ax.set_xlim(-2.2, 2.2)
+    ax.set_xlabel(r"$x$")
+    ax.set_ylabel("density")
+    ax.set_title(f"step $h = {res['step_size']}$, both started from exact samples", fontsize=11)
+    ax.legend(loc="upper right", fontsize=8)
+    ax = axes[1]
+    probs = res["bin_probs"]
+    n = len(res["em"])
+    se = np.sqrt(probs * (1 - probs) / n)
+    keep = probs > 5 / n
+    for name, key, marker in (("Euler-Maruyama", "em", "o"), ("MALA", "mala", "s")):
+        counts, _ = np.histogram(res[key][:, 0], bins=edges)
+        z = (counts / n - probs) / se
+        ax.plot(centres[keep], z[keep], marker=marker, ms=3.5, lw=1, color=method_color(name), label=name)
+    ax.axhspan(-2, 2, color="0.6", alpha=0.3, label="±2 standard errors")
+    ax.set_xlabel(r"$x$ (bin centre)")
+    ax.set_ylabel("(histogram − exact) / standard error")
+    ax.set_title("deviation from Gibbs per bin", fontsize=11)
+    ax.legend(loc="lower right", fontsize=8)
+    ax = axes[2]
+    steps, rates = res["acceptance_step_sizes"], res["acceptance_rates"]
+    ax.loglog(steps, 1 - rates, marker="o", color=method_color("MALA"),
+              label=f"MALA, fitted slope {res['rejection_slope']:.2f} ($h \\leq 0.03$)")
+    ref = (1 - rates[0]) * (steps / steps[0]) ** 1.5
+    ax.loglog(steps, ref, ls="--", color="0.4", label=r"$\propto h^{3/2}$")
+    ax.set_xlabel("step size $h$")
+    ax.set_ylabel("rejection rate (1 − acceptance)")
+    ax.set_title("MALA's acceptance rate tends to 1 as $h \\to 0$", fontsize=11)
+    ax.legend(loc="upper left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+# ---------------------------------------------------------------------------------------------
+
+_CHAPTER = "book/langevin.ipynb"
+for _name, _run, _plot, _description in (
+    ("langevin-histograms", run_histograms, lambda r: {"histograms": plot_histograms(r), "convergence": plot_convergence(r)},
+     "Euler-Maruyama particles converge to the Gibbs density (double well, banana)"),
+    ("langevin-bias", run_bias, lambda r: {"bias": plot_bias(r)}, "discretisation bias of Euler-Maruyama against the step size"),
+    ("langevin-fokker-planck", run_fokker_planck, lambda r: {"fokker_planck": plot_fokker_planck(r)},
+     "Fokker-Planck density flow with particles on top"),
+    ("langevin-mala", run_mala, lambda r: {"mala": plot_mala(r)}, "MALA is exact at a large step; acceptance against step size"),
+):
+    register(Experiment(name=_name, chapter=_CHAPTER, description=_description, configs=CONFIGS, run=_run, figures=_plot))
