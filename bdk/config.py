@@ -61,6 +61,6 @@ def select(configs: Mapping[str, T], profile: str | None = None, verbose: bool =
         raise ValueError(f"no configuration for profile {name!r}; this experiment defines {sorted(configs)}.")
     config = configs[name]
     if verbose:
-        fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(config).items())
-        print(f"profile={name}: {type(config).__name__}({fields})")
+        fields = "".join(f"\n    {k} = {v!r}" for k, v in dataclasses.asdict(config).items())
+        print(f"profile {name}: {type(config).__name__}{fields}")
     return config

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-export BDK_PROGRESS=0 MPLBACKEND=Agg
+export BDK_PROGRESS=0
 start=$SECONDS
 jupyter-book build . -W -n --keep-going
 echo "[book] built _build/html/index.html in $((SECONDS - start)) s (profile: $(python -c 'import bdk; print(bdk.profile())'))"

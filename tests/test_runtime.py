@@ -143,9 +143,9 @@ CONFIGS = {"quick": Cfg(10), "paper": Cfg(10_000, lr=0.01)}
 def test_select_prints_and_returns_the_active_profile(monkeypatch, capsys):
     monkeypatch.setenv("BDK_PROFILE", "quick")
     assert config.select(CONFIGS) is CONFIGS["quick"]
-    assert capsys.readouterr().out == "profile=quick: Cfg(num_steps=10, lr=0.1, sizes=(2, 3))\n"
+    assert capsys.readouterr().out == "profile quick: Cfg\n    num_steps = 10\n    lr = 0.1\n    sizes = (2, 3)\n"
     assert config.select(CONFIGS, profile="paper") is CONFIGS["paper"]
-    assert "num_steps=10000" in capsys.readouterr().out
+    assert "num_steps = 10000" in capsys.readouterr().out
     config.select(CONFIGS, verbose=False)
     assert capsys.readouterr().out == ""
 
