@@ -18,6 +18,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 source scripts/env.sh
 export BDK_PROFILE=quick BDK_EXPECT_PROFILE=quick BDK_PROGRESS=0
+# One intra-op thread per process: the quick experiments are small, and two worker threads on a
+# 2-core machine slow them down many times over as soon as anything else runs; it also makes the
+# printed numbers independent of the machine's core count.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # A fresh results cache, so every experiment really runs.
 BDK_CACHE_DIR="$(mktemp -d)"
 export BDK_CACHE_DIR
