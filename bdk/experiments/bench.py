@@ -1,0 +1,152 @@
+"""``python -m bdk bench``: the cost of each method, measured side by side as ratios.
+
+Every ratio compares two things timed in the same run, interleaved, as the median of repeats, so it
+means something on a noisy machine. Targets (goals, not tests):
+
+- SGLD step / SGD step <= 1.10; pSGLD / RMSprop reported; `posteriors` SGLD / bdk SGLD >= 1;
+- IVON step / Adam step <= 1.25; `ivon-opt` IVON / bdk IVON >= 1;
+- one distillation iteration / one SGLD step <= 2.2;
+- S = 100 ensemble / student at test time >= 50;
+- vectorised predictive of S = 100 samples vs a Python loop: >= 10x on the toy net, >= 1x on the
+  MNIST MLP on a CPU, >= 5x on a GPU.
+
+All on the MNIST MLP 784-400-400-10 with batch 100 unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+__all__ = ["run", "distillation_step_ratio", "format_table"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def distillation_step_ratio(batch_size: int = 100, repeats: int = 15, steps_per_repeat: int = 10,
+                            device=None) -> dict[str, Any]:
+    """Time one Distilled-SGLD iteration (teacher SGLD step + student SGD step) against one SGLD step.
+
+    Both on the MNIST MLP 784-400-400-10 (teacher and student), random inputs, interleaved repeats.
+    """
+    from .. import distill as D
+    from .._runtime import get_device
+
+    device = torch.device(device) if device is not None else get_device()
+    gen = torch.Generator(device=device).manual_seed(0)
+    num_data = 10 * batch_size
+    x = torch.rand(num_data, 784, device=device, generator=gen)
+    y = torch.randint(0, 10, (num_data,), device=device, generator=gen)
+    sizes = (784, 400, 400, 10)
+
+    def make_distiller():
+        teacher = D.SGLDTeacher(D.mlp(sizes).to(device), num_data=num_data, prior_precision=1.0, lr=1e-6,
+                                generator=torch.Generator(device=device).manual_seed(1))
+        student = D.Student.sgd(D.mlp(sizes).to(device), lr=1e-3, prior_precision=1e-3)
+        return D.Distiller(teacher, student, x, y, D.gaussian_noise_inputs(x, 0.01), batch_size=batch_size,
+                           generator=torch.Generator(device=device).manual_seed(2))
+
+    distiller = make_distiller()
+    sgld_only = make_distiller()
+    sgld_only.burn_in = 10**12  # the same object, students never step: a plain SGLD step with the same overheads
+
+    timings: dict[str, list[float]] = {"distillation iteration": [], "SGLD step": []}
+    runners = {"distillation iteration": distiller.step, "SGLD step": sgld_only.step}
+    for _ in range(3):
+        for run in runners.values():
+            run()
+    for _ in range(repeats):
+        for label, run in runners.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_repeat):
+                run()
+            _sync(device)
+            timings[label].append((time.perf_counter() - t0) / steps_per_repeat)
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    return {"median_seconds": med, "distill_over_sgld": med["distillation iteration"] / med["SGLD step"],
+            "device": str(device)}
+
+
+def run(repeats: int = 30, device=None) -> dict[str, Any]:
+    """Run every measurement and return the table rows and the raw timings."""
+    from . import distill as dx
+    from . import ivon as ivx
+    from . import sgld as sx
+    from .. import distill as D
+    from .._runtime import get_device
+
+    device = torch.device(device) if device is not None else get_device()
+    raw: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+
+    def row(name, value, target, better="lower", note=""):
+        met = None if (value is None or target is None) else (value <= target if better == "lower" else value >= target)
+        rows.append({"measure": name, "value": value, "target": target, "better": better, "met": met, "note": note})
+
+    raw["sgld"] = sx.step_cost_ratios(repeats=repeats, device=device)
+    row("SGLD step / SGD step", raw["sgld"]["sgld_over_sgd"], 1.10)
+    row("pSGLD step / RMSprop step", raw["sgld"]["psgld_over_rmsprop"], None)
+    if "posteriors_sgld_over_bdk_sgld" in raw["sgld"]:
+        row("posteriors SGLD / bdk SGLD", raw["sgld"]["posteriors_sgld_over_bdk_sgld"], 1.0, better="higher")
+
+    raw["ivon"] = ivx.step_cost_ratios(repeats=repeats, device=device)
+    row("IVON step / Adam step", raw["ivon"]["ivon_over_adam"], 1.25)
+    if raw["ivon"].get("ivon_over_ivon_opt") is not None:
+        row("ivon-opt IVON / bdk IVON", 1.0 / raw["ivon"]["ivon_over_ivon_opt"], 1.0, better="higher")
+
+    raw["distill"] = distillation_step_ratio(repeats=max(5, repeats // 2), device=device)
+    row("distillation iteration / SGLD step", raw["distill"]["distill_over_sgld"], 2.2)
+
+    raw["predictive_mlp"] = sx.predictive_speedup(sizes=(784, 400, 400, 10), num_samples=100, num_inputs=1000,
+                                                  device=device)
+    raw["predictive_toy"] = sx.predictive_speedup(sizes=(2, 10, 2), num_samples=100, num_inputs=1000, device=device)
+    best_mlp = max(v for k, v in raw["predictive_mlp"]["speedup_over_loop"].items() if k != "loop")
+    best_toy = max(v for k, v in raw["predictive_toy"]["speedup_over_loop"].items() if k != "loop")
+    row("vectorised predictive speed-up, MNIST MLP, S=100", best_mlp, 5.0 if device.type == "cuda" else 1.0,
+        better="higher")
+    row("vectorised predictive speed-up, toy 2-10-2, S=100", best_toy, 10.0, better="higher")
+
+    # Student vs ensemble at test time, and how the ensemble's cost grows with S and the batch size.
+    sizes = (784, 400, 400, 10)
+    model = D.mlp(sizes).to(device)
+    gen = torch.Generator().manual_seed(0)
+    vectors = 0.05 * torch.randn(100, D.mlp_num_params(sizes), generator=gen)
+    student = D.mlp(sizes).to(device)
+    x = torch.rand(10_000, 784, generator=gen).to(device)
+    raw["test_time"] = dx.time_predictive(model, vectors, student, x, num_samples=(1, 10, 100), repeats=3)
+    ensemble_100 = raw["test_time"]["seconds"][-1]
+    row("S=100 ensemble / student at test time (10,000 inputs)", ensemble_100 / raw["test_time"]["student_seconds"],
+        50.0, better="higher")
+    raw["batch_scaling"] = {}
+    for n in (100, 1000, 10_000):
+        t = dx.time_predictive(model, vectors, student, x[:n], num_samples=(100,), repeats=3)
+        raw["batch_scaling"][n] = {"ensemble_seconds": t["seconds"][0], "student_seconds": t["student_seconds"]}
+    return {"rows": rows, "raw": raw, "device": str(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The bench rows as a Markdown table."""
+    lines = [f"Device: {result['device']} ({result['threads']} threads), torch {result['torch']}", "",
+             "| measure | value | target | met |", "| --- | ---: | ---: | :---: |"]
+    for r in result["rows"]:
+        target = "" if r["target"] is None else (("≤ " if r["better"] == "lower" else "≥ ") + f"{r['target']:g}")
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['measure']} | {r['value']:.3g} | {target} | {met} |")
+    tt = result["raw"]["test_time"]
+    lines += ["", "Ensemble cost against S (10,000 inputs):", "", "| S | seconds | parameters (MB) |",
+              "| ---: | ---: | ---: |"]
+    for s, sec, b in zip(tt["num_samples"], tt["seconds"], tt["param_bytes"]):
+        lines.append(f"| {s} | {sec:.4f} | {b / 2**20:.1f} |")
+    lines.append(f"| student | {tt['student_seconds']:.4f} | {tt['student_param_bytes'] / 2**20:.1f} |")
+    lines += ["", "Cost against the batch size (S = 100):", "", "| inputs | ensemble s | student s |", "| ---: | ---: | ---: |"]
+    for n, v in result["raw"]["batch_scaling"].items():
+        lines.append(f"| {n} | {v['ensemble_seconds']:.4f} | {v['student_seconds']:.4f} |")
+    return "\n".join(lines)
