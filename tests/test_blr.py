@@ -4,7 +4,7 @@ Two layers: property tests (argument errors, shapes, dtypes, determinism under a
 and exact tests. The exact tests compare the BLR code path with classical algorithms written here,
 independently (NumPy loops with closed-form derivatives, or autograd), with torch.optim.RMSprop/Adam
 where the mapping is exact, and with closed-form posteriors. They run in float64, where two
-implementations of the same arithmetic agree to ~1e-15; the bar is 1e-6 (the brief's), and the
+implementations of the same arithmetic agree to ~1e-15; the bar is 1e-6 (the chapter's claim), and the
 comments give the measured agreement. Statistical tests give the standard error behind every
 tolerance.
 """

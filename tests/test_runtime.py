@@ -305,3 +305,23 @@ def test_setup_notebook(monkeypatch, capsys):
     with pytest.raises(RuntimeError, match="expects profile 'paper'"):
         bdk.setup_notebook()
     assert os.environ["BDK_PROFILE"] == "quick"
+
+
+def test_one_cpu_thread_sets_one_thread_and_restores_it_even_after_an_error():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with bdk._runtime.one_cpu_thread("cpu"):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+
+        @bdk._runtime.one_cpu_thread("cpu")
+        def failing():
+            assert torch.get_num_threads() == 1
+            raise KeyError("boom")
+
+        with pytest.raises(KeyError):
+            failing()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -14,7 +14,6 @@ device of the tensors they are given.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -24,6 +23,7 @@ import scipy.linalg
 import torch
 
 from .. import blr
+from .._runtime import one_cpu_thread
 from ..blr import GaussianBLR, LinearRegressionPotential, LogisticRegressionPotential
 
 __all__ = [
@@ -101,17 +101,6 @@ CONFIGS = {
     "quick": BLRConfig(),
     "paper": BLRConfig(von_steps=5000, von_chains=16, grid_points=601, optim_steps=20000, optim_runs=32),
 }
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """The problems here have 2-4 parameters: intra-op threads only add synchronisation (a lot of it on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,7 +298,7 @@ def special_cases(cfg: BLRConfig) -> dict:
     case, the BLR assumption, the reference, the number of steps and the largest absolute
     difference over all iterates (and all coordinates; for VON also over the precision matrices).
     """
-    with _one_thread():
+    with one_cpu_thread("cpu"):
         pot = logistic_problem(cfg)
         x, y = pot.x.numpy(), pot.y.numpy()
         d = pot.dim
@@ -432,7 +421,7 @@ def von_vs_references(cfg: BLRConfig) -> dict:
     :math:`\\rho_t = \\rho_0 / (1 + t/\\tau)`; each chain's estimate averages the natural
     parameters over the second half of its run; the standard error is the spread across chains.
     """
-    with _one_thread():
+    with one_cpu_thread("cpu"):
         start_time = time.perf_counter()
         pot = logistic_problem(cfg)
         d = pot.dim
@@ -523,7 +512,7 @@ def conjugate_experiment(cfg: BLRConfig) -> dict:
     closed-form posterior, and, for ``rho = conj_lr``, the distance of the natural parameters to the
     posterior's after each step together with the prediction :math:`(1-\rho)^t \times` the initial distance.
     """
-    with _one_thread():
+    with one_cpu_thread("cpu"):
         pot = conjugate_problem(cfg)
         d = pot.dim
         exact = pot.posterior()
@@ -598,7 +587,7 @@ def von_optimizer_experiment(cfg: BLRConfig) -> dict:
        mean-field optimum: the fixed point of the diagonal BLR with quadrature expectations);
        ``optim_runs`` independent runs (one module, see ``_von_module_run``) give the standard error.
     """
-    with _one_thread():
+    with one_cpu_thread("cpu"):
         pot = logistic_problem(cfg)
         n, d = pot.num_data, pot.dim
         lik = _likelihood(pot)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import distill as D
-from .._runtime import get_device
+from .._runtime import get_device, one_cpu_thread
 from ..cache import progress
 
 __all__ = [
@@ -106,28 +106,6 @@ def _mean_se(values):
     if t.numel() < 2:
         return float(t.mean()), None
     return float(t.mean()), float(t.std(unbiased=True) / math.sqrt(t.numel()))
-
-
-class _one_cpu_thread:
-    """Run the chapter's CPU loops on one intra-op thread, restoring the setting afterwards.
-
-    Measured on the book's 2-core machine while other jobs ran: one MNIST-MLP step took 8 ms on one
-    thread and 260-310 ms on two (the threads spin-wait for cores they do not get); on an idle
-    machine two threads are at most about twice as fast. Small networks are overhead-bound either
-    way. Does nothing when the experiment runs on a GPU.
-    """
-
-    def __init__(self, device=None):
-        self.active = device is None or torch.device(device).type == "cpu"
-
-    def __enter__(self):
-        self.before = torch.get_num_threads()
-        if self.active:
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
-        return False
 
 
 def _generator(seed: int, device) -> torch.Generator:
@@ -238,7 +216,7 @@ def _train_map(model, x, y, num_data, prior_precision, lr, iterations, batch_siz
 
 def toy_classification(cfg: ToyClassificationConfig) -> dict:
     """Table 2 and Figure 1: KL from the HMC predictive to SGD, SGLD and the distilled students on a grid."""
-    with _one_cpu_thread(get_device()):
+    with one_cpu_thread(get_device()):
         return _toy_classification(cfg)
 
 
@@ -389,7 +367,7 @@ def _regression_student(sizes_in: int, hidden: int) -> nn.Module:
 
 def toy_regression(cfg: ToyRegressionConfig) -> dict:
     """Figure 2: HMC reference, SGD, SGLD and the distilled Gaussian student on ``y = x^3 + noise``."""
-    with _one_cpu_thread(get_device()):
+    with one_cpu_thread(get_device()):
         return _toy_regression(cfg)
 
 
@@ -602,7 +580,7 @@ def mnist(cfg: MnistConfig) -> dict:
     """Tables 3 and 4 (test error and log-likelihood of SGD, the SGLD ensemble and the distilled
     student), the test-time cost of the ensemble against the student, and predictive entropies on
     Fashion-MNIST test images (out of distribution)."""
-    with _one_cpu_thread(get_device()):
+    with one_cpu_thread(get_device()):
         return _mnist(cfg)
 
 
@@ -774,7 +752,7 @@ def _ivon_class():
 def mnist_teachers(cfg: MnistTeachersConfig) -> dict:
     """Distil an SGLD, an MC-dropout and an IVON posterior into the same student; compare on MNIST test
     images and on Fashion-MNIST (out of distribution)."""
-    with _one_cpu_thread(get_device()):
+    with one_cpu_thread(get_device()):
         return _mnist_teachers(cfg)
 
 
@@ -947,7 +925,7 @@ def boston(cfg: BostonConfig) -> dict:
     over ``num_splits`` random 90/10 splits (mean ± standard error)."""
     device = get_device()
     t0 = time.perf_counter()
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         splits = [_boston_split(cfg, k, device) for k in progress(range(cfg.num_splits), desc="Boston splits")]
     methods = ("SGD", "SGLD", "SGLD (moment-matched)", "SGLD distilled")
     return {

@@ -17,7 +17,6 @@ Each experiment has one frozen configuration per profile and is registered for
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import statistics
@@ -30,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import metrics
+from .._runtime import one_cpu_thread
 from ..cache import progress
 from ..optim import IVON
 
@@ -63,22 +63,6 @@ __all__ = [
 ]
 
 METHODS = ("SGD", "AdamW", "IVON")
-
-
-@contextlib.contextmanager
-def _single_thread():
-    """Run a block with one intra-op thread, then restore the previous count.
-
-    The small problems of this chapter (three weights, a 197-weight logistic regression) are too
-    small to gain from threads, and on a shared CPU the threads' synchronisation costs far more
-    than the work.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,7 +476,7 @@ def plot_training(results_by_dataset: dict[str, dict]):
 # ---------------------------------------------------------------------------------------------
 
 
-@_single_thread()
+@one_cpu_thread("cpu")
 def conjugate_check(
     num_data: int = 200,
     replicas: int = 500,
@@ -556,7 +540,7 @@ def conjugate_check(
     }
 
 
-@_single_thread()
+@one_cpu_thread("cpu")
 def reference_agreement(steps: int = 50, seed: int = 0) -> dict[str, Any] | None:
     """Run :class:`bdk.optim.IVON` and ``ivon.IVON`` from the same seed; report how far apart they end. Chapter 5.
 
@@ -690,7 +674,7 @@ def train_ivon_logistic(x: torch.Tensor, y: torch.Tensor, cfg: SensitivityConfig
     return theta.detach().clone(), opt.posterior_variance()[0]
 
 
-@_single_thread()
+@one_cpu_thread("cpu")
 def run_sensitivity(cfg: SensitivityConfig) -> dict[str, Any]:
     r"""Memory-perturbation estimates of leave-one-out changes against retraining. Chapter 5.
 

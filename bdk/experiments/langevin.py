@@ -8,7 +8,6 @@ registry.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import langevin as L
-from .._runtime import get_device
+from .._runtime import get_device, one_cpu_thread
 from ..plotting import method_color
 from .registry import Experiment, register
 
@@ -141,28 +140,6 @@ DW_EDGES = np.linspace(-2.5, 2.5, 51)
 BANANA_EDGES = (np.linspace(-3.0, 3.0, 25), np.linspace(-1.5, 3.0, 19))
 
 
-def single_cpu_thread(fn):
-    """Run ``fn`` with one intra-op CPU thread (restored afterwards) when the device is the CPU.
-
-    The particle loops here are many small element-wise operations, bound by per-operation overhead;
-    a second intra-op thread gains little on an idle machine and, on a shared machine, makes the
-    threads wait for each other at every operation (ten times slower or worse was measured).
-    """
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if get_device().type != "cpu":
-            return fn(*args, **kwargs)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
-
-    return wrapper
-
-
 def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -191,7 +168,7 @@ def fit_loglog_slope(x, y) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_histograms(cfg: LangevinConfig) -> dict:
     """Euler-Maruyama particles on the double well (1-D) and the banana (2-D), with TV distance to Gibbs over time."""
     device = get_device()
@@ -308,7 +285,7 @@ def _time_averaged_second_moment(potential, x0, step, cfg, seed, device):
     return float(per_particle.mean()), float(per_particle.std() / math.sqrt(per_particle.numel()))
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_bias(cfg: LangevinConfig) -> dict:
     """Second moment of the Euler-Maruyama stationary law against the step size, with exact references.
 
@@ -381,7 +358,7 @@ def plot_bias(res: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_fokker_planck(cfg: LangevinConfig) -> dict:
     """Solve the Fokker-Planck equation from a narrow Gaussian at x = 1.5 and move particles beside it."""
     device = get_device()
@@ -481,7 +458,7 @@ def plot_fokker_planck(res: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_mala(cfg: LangevinConfig) -> dict:
     """Euler-Maruyama against MALA at one large step (both started from exact samples), and an acceptance sweep."""
     device = get_device()

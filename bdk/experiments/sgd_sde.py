@@ -17,7 +17,7 @@ import torch
 from .. import sde
 from .._runtime import get_device
 from ..plotting import method_color
-from .langevin import single_cpu_thread
+from .._runtime import one_cpu_thread
 from .registry import Experiment, register
 
 __all__ = [
@@ -156,7 +156,7 @@ def closest_gibbs_temperature(s: np.ndarray, hessian: np.ndarray) -> tuple[float
 # ---------------------------------------------------------------------------------------------
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_quadratic(cfg: SGDSDEConfig) -> dict:
     """SGD with Gaussian gradient noise on L = theta^2 / 2 (h = 1, sigma = 1) at several learning rates."""
     device = get_device()
@@ -231,7 +231,7 @@ def plot_quadratic(res: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_diffusion_flux(cfg: SGDSDEConfig) -> dict:
     """Count, for one SGD step from the stationary law, the net number of iterates crossing each point x.
 
@@ -326,7 +326,7 @@ def plot_diffusion_flux(res: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_equipartition(cfg: SGDSDEConfig) -> dict:
     """SGD on L = sum_i h_i theta_i^2 / 2 with many curvatures, (a) isotropic noise, (b) noise variance c h_i."""
     device = get_device()
@@ -394,7 +394,7 @@ def plot_equipartition(res: dict):
 # ---------------------------------------------------------------------------------------------
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_two_temperatures(cfg: SGDSDEConfig) -> dict:
     """2-D quadratic with different noise per coordinate: a common rate (two temperatures) and rates eta'/sigma_i^2."""
     device = get_device()
@@ -485,7 +485,7 @@ def _split_half_noise(samples: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(a - b)) / 2
 
 
-@single_cpu_thread
+@one_cpu_thread()
 def run_minibatch_regression(cfg: SGDSDEConfig) -> dict:
     """Measured gradient-noise covariance, predicted stationary covariances and SGD iterates' covariance."""
     device = get_device()
