@@ -57,8 +57,6 @@ __all__ = [
     "mlp_potential",
     "hmc",
     "stack_samples",
-    "ensemble_predict",
-    "ensemble_predict_loop",
     "categorical_kl",
     "gaussian_kl",
 ]
@@ -1008,13 +1006,13 @@ def hmc(
 
 
 # --------------------------------------------------------------------------------------------------
-# Ensembles at test time: vectorised predictive over stacked samples
+# Ensembles at test time: flat parameter vectors to named, stacked parameters
 # --------------------------------------------------------------------------------------------------
 
 
 def stack_samples(model: nn.Module, vectors: Sequence[torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
     """Turn flat parameter vectors ``(S, P)`` of ``model`` into a dict of stacked tensors ``name -> (S, ...)``
-    (the input of :func:`ensemble_predict`)."""
+    (``bdk.samplers.PosteriorSamples.add`` takes one sample of it at a time)."""
     vectors = torch.stack(list(vectors)) if not torch.is_tensor(vectors) else vectors
     names_shapes = [(n, p.shape) for n, p in model.named_parameters()]
     total = sum(math.prod(s) for _, s in names_shapes)
@@ -1026,44 +1024,6 @@ def stack_samples(model: nn.Module, vectors: Sequence[torch.Tensor] | torch.Tens
         out[name] = vectors[:, offset:offset + n].reshape(vectors.shape[0], *shape)
         offset += n
     return out
-
-
-def ensemble_predict(model: nn.Module, stacked: Mapping[str, torch.Tensor], x: torch.Tensor,
-                     chunk_size: int | None = None, task: str = "classification") -> torch.Tensor:
-    """Posterior predictive of an ensemble of samples, all at once (``torch.func.vmap``; chapter 6).
-
-    .. math:: \\hat p(y \\mid x) = \\frac1S \\sum_{s=1}^S p(y \\mid x, \\theta^s)
-
-    Args:
-        model: the network whose parameters are stacked.
-        stacked: ``name -> (S, ...)`` (see :func:`stack_samples`).
-        x: inputs ``(n, ...)``.
-        chunk_size: evaluate ``chunk_size`` samples at a time (bounds memory; ``None`` = all).
-        task: ``"classification"`` (mean of softmaxes, ``(n, K)``) or ``"regression"`` (outputs ``(S, n)``).
-    """
-    buffers = dict(model.named_buffers())
-
-    def one(params, inp):
-        return torch.func.functional_call(model, (params, buffers), (inp,))
-
-    with torch.no_grad():
-        out = torch.func.vmap(one, in_dims=(0, None), chunk_size=chunk_size)(dict(stacked), x)
-    if task == "classification":
-        return torch.softmax(out, -1).mean(0)
-    return out.reshape(out.shape[0], x.shape[0])
-
-
-def ensemble_predict_loop(model: nn.Module, stacked: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The same classification predictive as :func:`ensemble_predict`, one sample at a time (a reference)."""
-    S = next(iter(stacked.values())).shape[0]
-    buffers = dict(model.named_buffers())
-    total = None
-    with torch.no_grad():
-        for s in range(S):
-            params = {k: v[s] for k, v in stacked.items()}
-            probs = torch.softmax(torch.func.functional_call(model, (params, buffers), (x,)), -1)
-            total = probs if total is None else total + probs
-    return total / S
 
 
 # --------------------------------------------------------------------------------------------------

@@ -226,16 +226,20 @@ def test_mlp_potential_matches_neg_log_posterior():
     torch.testing.assert_close(Ur(theta)[0], neg_log_posterior(mr, xr, yr, 9, 0.3, "regression", 2.0).detach())
 
 
-def test_ensemble_predict_matches_the_loop_and_a_hand_average():
+def test_stacked_samples_give_the_ensemble_predictive_in_the_sample_store():
+    from bdk.experiments.distill import _ensemble_predictor
+
     torch.manual_seed(0)
     model = D.mlp((4, 6, 3))
     vectors = torch.randn(5, D.mlp_num_params((4, 6, 3)))
     stacked = D.stack_samples(model, vectors)
+    assert {k: tuple(v.shape) for k, v in stacked.items()} == {k: (5, *p.shape) for k, p in model.named_parameters()}
     x = torch.randn(11, 4)
-    vmapped = D.ensemble_predict(model, stacked, x, chunk_size=2)
-    torch.testing.assert_close(vmapped, D.ensemble_predict_loop(model, stacked, x))
+    predict, _ = _ensemble_predictor(model, vectors)
     by_hand = torch.softmax(D.mlp_forward_flat(vectors, x, (4, 6, 3)), -1).mean(0)
-    torch.testing.assert_close(vmapped, by_hand)
+    torch.testing.assert_close(predict(x), by_hand)
+    with pytest.raises(ValueError):
+        D.stack_samples(model, vectors[:, :-1])
 
 
 class _FixedTeacher:

@@ -508,14 +508,12 @@ def _time_call(fn, device, repeats):
     return best
 
 
-def _ensemble_predictor(model: nn.Module, vectors: torch.Tensor, chunk_size: int):
-    """A function x -> ensemble predictive for the samples ``vectors``: the sample store of chapter 3
-    (``bdk.samplers.PosteriorSamples``, vectorised) when present, else :func:`bdk.distill.ensemble_predict`."""
+def _ensemble_predictor(model: nn.Module, vectors: torch.Tensor):
+    """A function x -> ensemble predictive for the samples ``vectors``, through the sample store of
+    chapter 3 (``bdk.samplers.PosteriorSamples``, vectorised)."""
+    from ..samplers import PosteriorSamples
+
     stacked = D.stack_samples(model, vectors)
-    try:
-        from ..samplers import PosteriorSamples
-    except ImportError:  # pragma: no cover - the store arrived with chapter 3
-        return (lambda x: D.ensemble_predict(model, stacked, x, chunk_size=chunk_size)), "bdk.distill.ensemble_predict"
     store = PosteriorSamples(model, max_samples=vectors.shape[0], device=vectors.device)
     for s in range(vectors.shape[0]):
         store.add({n: v[s] for n, v in stacked.items()})
@@ -523,11 +521,11 @@ def _ensemble_predictor(model: nn.Module, vectors: torch.Tensor, chunk_size: int
 
 
 def time_predictive(model: nn.Module, sample_vectors: torch.Tensor, student: nn.Module, x: torch.Tensor,
-                    num_samples=(1, 10, 100), repeats: int = 1, chunk_size: int = 10) -> dict:
+                    num_samples=(1, 10, 100), repeats: int = 1) -> dict:
     """Time (and size) the S-sample ensemble predictive against one student forward pass (chapter 6).
 
     The ensemble is evaluated all at once over stacked samples (the vectorised predictive of
-    ``bdk.samplers.PosteriorSamples``, or :func:`bdk.distill.ensemble_predict`) on the first ``S`` of
+    ``bdk.samplers.PosteriorSamples``) on the first ``S`` of
     ``sample_vectors``; memory is the parameter storage ``S * P * 4`` bytes and, on CUDA, the peak
     allocated during the call. Each time is the best of ``repeats`` calls after a warm-up.
     """
@@ -538,7 +536,7 @@ def time_predictive(model: nn.Module, sample_vectors: torch.Tensor, student: nn.
     for S in num_samples:
         if S > sample_vectors.shape[0]:
             raise ValueError(f"asked for an ensemble of {S} samples but only {sample_vectors.shape[0]} were kept.")
-        predict, out["method"] = _ensemble_predictor(model, sample_vectors[:S].to(device), chunk_size)
+        predict, out["method"] = _ensemble_predictor(model, sample_vectors[:S].to(device))
         predict(x[:8])  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize(device)
