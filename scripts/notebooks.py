@@ -30,8 +30,9 @@ def repository_url() -> str:
 
 def setup_source() -> str:
     return (
-        "# Setup: on Colab, install bdk (with its data/ folder) at the book's pinned revision;\n"
-        "# then seed every generator, set the plot style, and print the profile and device.\n"
+        "# Setup: on Colab, install bdk (with its data/ folder) at the book's pinned revision and let it\n"
+        "# download the data sets it cannot find; then seed every generator, set the plot style,\n"
+        "# and print the profile and device (a GPU when the runtime has one).\n"
         "import os\n"
         "import sys\n"
         "\n"
@@ -39,6 +40,7 @@ def setup_source() -> str:
         f"    !git clone -q --depth 1 --branch {PINNED_REVISION} {repository_url()} /content/bdk-book\n"
         '    %pip install -q /content/bdk-book\n'
         '    os.environ.setdefault("BDK_DATA_DIR", "/content/bdk-book/data")\n'
+        '    os.environ.setdefault("BDK_DOWNLOAD", "1")  # full MNIST, checked against its published MD5s\n'
         "\n"
         "import bdk\n"
         "\n"

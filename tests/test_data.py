@@ -171,6 +171,23 @@ def test_download_without_torchvision_fails_before_any_network(empty_data_dir, m
         data.load_fashion_mnist(download=True)
 
 
+def test_bdk_download_env_turns_downloads_on(empty_data_dir, monkeypatch):
+    # BDK_DOWNLOAD=1 (set by the Colab setup cell) means download=True; with torchvision missing
+    # that fails before any network access, which is how the test sees the download being tried.
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setenv("BDK_DOWNLOAD", "1")
+    with pytest.raises(ImportError, match="torchvision"):
+        data.load_mnist("idx")
+    with pytest.raises(ImportError, match="torchvision"):
+        data.load_fashion_mnist()
+    monkeypatch.setenv("BDK_DOWNLOAD", "0")  # off: the usual "put the files there" error
+    with pytest.raises(FileNotFoundError, match="BDK_DATA_DIR"):
+        data.load_mnist("idx")
+    monkeypatch.setenv("BDK_DOWNLOAD", "maybe")
+    with pytest.raises(ValueError, match="BDK_DOWNLOAD"):
+        data.load_mnist("idx")
+
+
 # ---------------------------------------------------------------------------------------------
 # MNIST from IDX files (small fake files; the checks use a spec shrunk to their size)
 # ---------------------------------------------------------------------------------------------
@@ -425,3 +442,16 @@ def test_welling_teh_density():
     expected = 0.5 * stats.norm.pdf(grid.numpy(), 0, math.sqrt(2)) + 0.5 * stats.norm.pdf(grid.numpy(), 1, math.sqrt(2))
     np.testing.assert_allclose(density.numpy(), expected, rtol=1e-12)
     assert data.welling_teh_density(np.array([0.0, 1.0])).shape == (2,)
+
+
+def test_a_download_that_fails_its_checksum_is_an_error(empty_data_dir, small_mnist_spec, monkeypatch):
+    # A stand-in for torchvision writes well-formed files whose MD5s are not the published ones:
+    # for files already on disk that is a warning, for a fresh download it is an error.
+    def fake_download(dataset, root):
+        write_fake_mnist(root / "MNIST" / "raw")
+
+    monkeypatch.setattr(data, "_torchvision_download", fake_download)
+    with pytest.raises(ValueError, match="checksum"):
+        data.load_mnist("idx", download=True)
+    with pytest.warns(UserWarning, match="checksum"):  # the same files, not downloaded now
+        data.load_mnist("idx", download=False, verbose=False)
