@@ -33,8 +33,9 @@ A page FAILS (exit status 1, each page listed with its reasons) on
   * a local resource that failed to load (HTTP status >= 400, or a network error), a page that does
     not finish loading;
   * a dead internal link: an href to a local file that does not exist, or to an #anchor that the
-    target page does not define.
-Printed as notes, not failures: JavaScript exceptions, code blocks, tables or equations wider than
+    target page does not define;
+  * an uncaught JavaScript exception while the page loads (e.g. a script declared twice).
+Printed as notes, not failures: code blocks, tables or equations wider than
 the text column (the reader must scroll sideways; the widest overflow in pixels), and figures scaled
 below 60% of their pixel width to fit the column (their labels shrink with them).
 
@@ -731,7 +732,7 @@ def _network_problems(events: list[dict], base_url: str) -> tuple[list[str], lis
         elif method == "Runtime.exceptionThrown":
             details = params["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text", "")
-            notes.append(f"JavaScript exception: {_first_line(text)}")
+            problems.append(f"JavaScript exception: {_first_line(text)}")
     return list(dict.fromkeys(problems)), list(dict.fromkeys(notes))
 
 

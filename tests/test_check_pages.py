@@ -229,7 +229,8 @@ def test_chromium_end_to_end(tmp_path, capsys):
     (root / "book" / "bad.html").write_text(page(
         '<h1>Bad</h1><img src="corrupt.png"><link rel="stylesheet" href="gone.css">'
         '<div class="cell_output docutils container"><div class="output traceback"><pre>'
-        "Traceback (most recent call last)\nNameError: name 'x' is not defined</pre></div></div>"))
+        "Traceback (most recent call last)\nNameError: name 'x' is not defined</pre></div></div>"
+        "<script>const once = 1;</script><script>const once = 2;</script>"))
     out = tmp_path / "shots"
     assert check_pages.main([str(root), "--chromium", "chromium", "--out", str(out)]) == 1
     text = capsys.readouterr().out
@@ -239,6 +240,7 @@ def test_chromium_end_to_end(tmp_path, capsys):
     assert "broken image: corrupt.png has naturalWidth 0 (missing or not an image)" in bad
     assert "HTTP 404 for book/gone.css" in bad
     assert "Python traceback in a cell output: NameError: name 'x' is not defined" in bad
+    assert any(p.startswith("JavaScript exception: SyntaxError") and "once" in p for p in bad)
     assert (out / "book" / "good.png").read_bytes()[:8] == PNG_1X1[:8]
     assert (out / "book" / "bad.png").stat().st_size > 1000
     assert "1 passed, 1 failed" in text
