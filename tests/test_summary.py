@@ -83,11 +83,11 @@ def test_reproduction_table_sets_the_papers_numbers_beside_the_results(monkeypat
     monkeypatch.setattr(registry, "run_experiment", lambda name, profile=None, verbose=False: fake[name])
     table = summary.reproduction_table()
     lines = table.splitlines()
-    assert lines[0].startswith("| paper's result | quantity | paper | ours |")
+    assert lines[0] == "| paper's result (SGLD / distilled student) | paper | ours | our setting |"
     # The paper's values come from data/paper_numbers.json (Tables 2-5), ours from the results.
-    assert "| KL to HMC, SGLD ensemble | 0.007 | 0.012 |" in table
-    assert "| test error %, SGLD | 1.271 | 5.90 |" in table
-    assert "| test log-lik., distilled | -0.0502 | -0.2525 |" in table
-    assert "| test log-lik., distilled | -2.350 | -2.826 |" in table
-    assert "200× faster" in table  # 2.0 s / 0.01 s for the 100-sample ensemble
+    assert "| Table 2: toy classification, KL to HMC | 0.007 / 0.031 | 0.012 / 0.046 |" in table
+    assert "| Table 3: MNIST, test error % | 1.271 / 1.307 | 5.90 / 7.50 |" in table
+    assert "| Table 4: MNIST, test log-lik. | -0.0419 / -0.0502 | -0.2380 / -0.2525 |" in table
+    assert "| Table 5: Boston, test log-lik. | -2.306 / -2.350 | -2.675 / -2.826 |" in table
+    assert "| 200× faster |" in table  # 2.0 s / 0.01 s for the 100-sample ensemble
     assert "4,000 train / 1,000 test digits (a subset), 1 run" in table

@@ -161,24 +161,28 @@ def reproduction_table(profile: str | None = None, verbose: bool = False) -> str
     mnist_setting = (f"{mnist['num_train']:,} train / {mnist['num_test']:,} test digits"
                      f"{' (a subset)' if mnist['subset'] else ''}, {runs} run{'s' if runs > 1 else ''}")
     boston_setting = f"{boston['num_splits']} of the 20 splits"
-    toy_setting = f"{toy['sgld_num_samples']} SGLD samples, HMC reference of {toy['hmc_num_samples']:,}"
+    toy_setting = f"{toy['sgld_num_samples']} SGLD samples; HMC reference of {toy['hmc_num_samples']:,} samples"
+    def pair(a: float, b: float, digits: int) -> str:
+        return f"{a:.{digits}f} / {b:.{digits}f}"
+
+    err, ll = mnist["summary"], mnist["summary"]
     rows = [
-        ["Table 2, toy classification", "KL to HMC, SGLD ensemble", f"{paper['toy']['SGLD']:.3f}", f"{toy['kl']['SGLD']:.3f}", toy_setting],
-        ["", "KL to HMC, distilled 2-10-2", f"{paper['toy']['Distilled 2-10-2']:.3f}", f"{toy['kl']['Distilled 2-10-2']:.3f}", ""],
-        ["Table 3, MNIST", "test error %, SGLD", f"{paper['error']['SGLD']:.3f}", f"{mnist['summary']['SGLD']['error'][0]:.2f}", mnist_setting],
-        ["", "test error %, distilled", f"{paper['error']['Distilled SGLD']:.3f}", f"{mnist['summary']['Distilled SGLD']['error'][0]:.2f}", ""],
-        ["Table 4, MNIST", "test log-lik., SGLD", f"{paper['loglik']['SGLD']:.4f}", f"{mnist['summary']['SGLD']['log_lik'][0]:.4f}", ""],
-        ["", "test log-lik., distilled", f"{paper['loglik']['Distilled SGLD']:.4f}", f"{mnist['summary']['Distilled SGLD']['log_lik'][0]:.4f}", ""],
-        ["Table 5, Boston", "test log-lik., SGLD", f"{paper['boston']['SGLD']:.3f}", f"{boston['summary']['SGLD'][0]:.3f}", boston_setting],
-        ["", "test log-lik., distilled", f"{paper['boston']['SGLD distilled']:.3f}", f"{boston['summary']['SGLD distilled'][0]:.3f}", ""],
+        ["Table 2: toy classification, KL to HMC", pair(paper["toy"]["SGLD"], paper["toy"]["Distilled 2-10-2"], 3),
+         pair(toy["kl"]["SGLD"], toy["kl"]["Distilled 2-10-2"], 3), toy_setting],
+        ["Table 3: MNIST, test error %", pair(paper["error"]["SGLD"], paper["error"]["Distilled SGLD"], 3),
+         pair(err["SGLD"]["error"][0], err["Distilled SGLD"]["error"][0], 2), mnist_setting],
+        ["Table 4: MNIST, test log-lik.", pair(paper["loglik"]["SGLD"], paper["loglik"]["Distilled SGLD"], 4),
+         pair(ll["SGLD"]["log_lik"][0], ll["Distilled SGLD"]["log_lik"][0], 4), "as above"],
+        ["Table 5: Boston, test log-lik.", pair(paper["boston"]["SGLD"], paper["boston"]["SGLD distilled"], 3),
+         pair(boston["summary"]["SGLD"][0], boston["summary"]["SGLD distilled"][0], 3), boston_setting],
     ]
     cost = next(iter(mnist["cost"].values()), None)
     if cost is not None and cost["num_samples"]:
         largest = max(range(len(cost["num_samples"])), key=lambda i: cost["num_samples"][i])
         speed = cost["seconds"][largest] / cost["student_seconds"]
-        rows.append(["Test time, MNIST", f"student vs {cost['num_samples'][largest]}-sample ensemble",
-                     "not reported", f"{speed:.0f}× faster", f"{cost['num_inputs']:,} inputs on {cost['device']}"])
-    header = ["paper's result", "quantity", "paper", "ours", "our setting"]
+        rows.append([f"Test time: the student vs a {cost['num_samples'][largest]}-sample SGLD ensemble", "not timed",
+                     f"{speed:.0f}× faster", f"{cost['num_inputs']:,} MNIST inputs on {cost['device']}"])
+    header = ["paper's result (SGLD / distilled student)", "paper", "ours", "our setting"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
