@@ -4,6 +4,8 @@
     python -m bdk reproduce bdk-mnist --profile quick --out runs/
     python -m bdk reproduce all --profile paper --device cuda
     torchrun --nproc_per_node=4 -m bdk reproduce sgld-mixture --chains 4
+    python -m bdk reproduce sgld-mixture --set num_chains=256      # change a configuration field
+    python -m bdk reproduce bdk-boston --checkpoint-every 500      # kill it, run it again: it resumes
     python -m bdk bench --out runs/bench.json
 """
 
@@ -68,16 +70,18 @@ def _reproduce_one(name: str, args, rank: int, world: int) -> dict:
     from .experiments import registry
 
     experiment = registry.get(name)
+    every = args.checkpoint_every if registry.supports_checkpoints(experiment) else None
+    sets = args.overrides or {}
     chains = args.chains
     if chains > 1:
-        base = registry.select_config(experiment, args.profile)
+        base = dataclasses.replace(registry.select_config(experiment, args.profile), **sets)
         if not hasattr(base, "seed"):
             raise SystemExit(f"{name}: --chains needs an experiment with a 'seed' in its configuration.")
         if world > 1 and world != chains:
             raise SystemExit(f"--chains {chains} must equal the number of torchrun processes ({world}).")
         mine = [rank] if world > 1 else list(range(chains))
-        local = [registry.run_experiment(name, args.profile, overrides={"seed": base.seed + k}, force=args.force,
-                                         verbose=rank == 0) for k in mine]
+        local = [registry.run_experiment(name, args.profile, overrides={**sets, "seed": base.seed + k}, force=args.force,
+                                         verbose=rank == 0, checkpoint_every=every) for k in mine]
         if world > 1:
             import torch.distributed as dist
 
@@ -91,16 +95,104 @@ def _reproduce_one(name: str, args, rank: int, world: int) -> dict:
         if experiment.combine is None:
             return {"chains": runs}
         return experiment.combine(runs)
-    return registry.run_experiment(name, args.profile, force=args.force)
+    return registry.run_experiment(name, args.profile, overrides=sets, force=args.force, checkpoint_every=every)
 
 
-def _write_outputs(name: str, results: dict, out: Path, seconds: float) -> None:
+def _parse_sets(items: list[str], config) -> dict:
+    """``["iterations=2000", "lr=1e-3"]`` -> ``{"iterations": 2000, "lr": 0.001}``, checked against the
+    configuration's fields and the types of their values.
+
+    Raises:
+        ValueError: for a malformed item, an unknown field, or a value of another type.
+    """
+    import ast
+
+    fields = {f.name for f in dataclasses.fields(config)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: write FIELD=VALUE, e.g. --set iterations=2000.")
+        if key not in fields:
+            raise ValueError(f"--set {item!r}: {type(config).__name__} has no field {key!r}; its fields: {', '.join(sorted(fields))}.")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()
+        current = getattr(config, key)
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if current is not None and type(value) is not type(current):
+            raise ValueError(f"--set {item!r}: {key} is a {type(current).__name__} (now {current!r}), got a {type(value).__name__}.")
+        out[key] = value
+    return out
+
+
+def _data_sources(config) -> list[str]:
+    """The values of every ``*source`` field of a configuration (nested dataclasses included)."""
+    found = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            found += _data_sources(value)
+        elif f.name.endswith("source") and isinstance(value, str):
+            found.append(value)
+    return found
+
+
+def _check_data(todo: list[str], profile: str, overrides: dict | None = None) -> str | None:
+    """Before anything runs: the missing-data message if an experiment needs full MNIST that is not there.
+
+    An experiment needs the full MNIST IDX files when a ``source`` of its configuration is ``"idx"``,
+    or ``"auto"`` in the ``paper`` profile (``bdk.data.load_mnist``); the message of
+    ``bdk.data.load_mnist`` says which files to put where."""
+    from .experiments import registry
+
+    needs = [name for name in todo
+             if any(src == "idx" or (src == "auto" and profile == "paper")
+                    for src in _data_sources(dataclasses.replace(registry.select_config(registry.get(name), profile),
+                                                                 **(overrides or {}))))]
+    if not needs:
+        return None
+    from .data import load_mnist
+
+    try:
+        load_mnist(source="idx", verbose=False)
+    except FileNotFoundError as err:
+        return f"{', '.join(needs)} (profile {profile}) need(s) the full MNIST data set, which is missing. {err}"
+    return None
+
+
+def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: bool = False) -> bool:
+    """Write results.json, the figures and summary.md into ``out/name``; return False if they were
+    already there for exactly these results (then nothing is rendered again and the summary is printed)."""
+    import hashlib
+
     from .experiments import registry
 
     experiment = registry.get(name)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(to_jsonable(results), indent=1))
+    text = json.dumps(to_jsonable(results), indent=1)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    stamp = folder / ".outputs.json"
+    if not force and stamp.is_file():
+        try:
+            recorded = json.loads(stamp.read_text())
+        except ValueError:
+            recorded = {}
+        files = recorded.get("files", [])
+        if recorded.get("digest") == digest and files and all((folder / f).is_file() for f in files):
+            summary = (folder / "summary.md").read_text().split("\n", 2)[-1].strip()
+            if summary:
+                print(summary)
+            return False
+    stamp.unlink(missing_ok=True)
+    written = ["results.json", "summary.md"]
+    (folder / "results.json").write_text(text)
     per_run = results["chains"] if experiment.combine is None and "chains" in results else [results]
     suffixes = [f"-chain{k}" for k in range(len(per_run))] if len(per_run) > 1 else [""]
     summaries = []
@@ -112,15 +204,18 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float) -> None:
             import matplotlib.pyplot as plt
 
             for stem, fig in experiment.figures(run).items():
-                fig.savefig(folder / f"{stem}{suffix}.png")
-                fig.savefig(folder / f"{stem}{suffix}.svg")
+                for ext in ("png", "svg"):
+                    fig.savefig(folder / f"{stem}{suffix}.{ext}")
+                    written.append(f"{stem}{suffix}.{ext}")
                 plt.close(fig)
         if experiment.summary is not None:
             summaries.append((f"## chain {suffix[6:]}\n\n" if suffix else "") + experiment.summary(run))
     summary = "\n\n".join(summaries)
     (folder / "summary.md").write_text(f"# {name}\n\n{summary}\n\nWall time: {seconds:.1f} s\n")
+    stamp.write_text(json.dumps({"digest": digest, "files": written}))  # last: marks the outputs complete
     if summary:
         print(summary)
+    return True
 
 
 def _cmd_reproduce(args) -> int:
@@ -150,18 +245,49 @@ def _cmd_reproduce(args) -> int:
         except KeyError as err:
             print(f"reproduce: {err.args[0]}", file=sys.stderr)
             return 2
+    if args.checkpoint_every is not None and args.name != "all" and not registry.supports_checkpoints(registry.get(args.name)):
+        print(f"reproduce: {args.name} does not checkpoint; --checkpoint-every applies to "
+              f"{', '.join(registry.checkpointing_names())}.", file=sys.stderr)
+        return 2
+    args.overrides = {}
+    if args.set:
+        if args.name == "all":
+            print("reproduce: --set changes one experiment's configuration; name the experiment instead of 'all'.", file=sys.stderr)
+            return 2
+        try:
+            args.overrides = _parse_sets(args.set, registry.select_config(registry.get(args.name), _runtime.profile()))
+        except ValueError as err:
+            print(f"reproduce: {err}", file=sys.stderr)
+            return 2
+    missing = _check_data(todo, _runtime.profile(), args.overrides)
+    if missing:
+        print(f"reproduce: {missing}", file=sys.stderr)
+        return 2
     rank, world = _distributed()
     out = Path(args.out)
-    total = time.perf_counter()
+    total, total_cpu = time.perf_counter(), time.process_time()
     for name in todo:
-        start = time.perf_counter()
-        results = _reproduce_one(name, args, rank, world)
-        seconds = time.perf_counter() - start
+        start, start_cpu = time.perf_counter(), time.process_time()
+        try:
+            results = _reproduce_one(name, args, rank, world)
+        except FileNotFoundError as err:  # data the experiment needs (the message says where to put it)
+            print(f"reproduce: {name} (profile {_runtime.profile()}) stopped, data missing: {err}", file=sys.stderr)
+            return 1
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         if rank == 0:
-            _write_outputs(name, results, out, seconds)
-            print(f"{name}: done in {seconds:.1f} s -> {out / name}")
+            written = time.perf_counter()
+            fresh = _write_outputs(name, results, out, seconds, force=args.force)
+            written = time.perf_counter() - written
+            # CPU time beside the wall time: on a shared machine the wall time alone says little
+            if fresh:
+                print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); results, figures and summary written "
+                      f"in {written:.1f} s -> {out / name}")
+            else:
+                print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); the outputs in {out / name} "
+                      "are up to date")
     if rank == 0:
-        print(f"reproduce: {len(todo)} experiment(s) in {time.perf_counter() - total:.1f} s (profile {_runtime.profile()})")
+        print(f"reproduce: {len(todo)} experiment(s) in {time.perf_counter() - total:.1f} s "
+              f"(CPU {time.process_time() - total_cpu:.1f} s, profile {_runtime.profile()})")
     if world > 1:
         import torch.distributed as dist
 
@@ -194,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--chains", type=int, default=1, help="independent seeds/chains (one per torchrun process)")
     rep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: BDK_DEVICE, else best)")
     rep.add_argument("--force", action="store_true", help="ignore cached results and run again")
+    rep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="change a field of the experiment's configuration, e.g. --set iterations=2000 (repeatable; "
+                          "part of the cache key, so the book's cached results are untouched)")
+    rep.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                     help="checkpoint the long loops every N iterations (experiments with checkpoints; a killed "
+                          "run given the same command resumes; the numbers and the cache key do not change)")
     rep.set_defaults(func=_cmd_reproduce)
     ben = sub.add_parser("bench", help="measure step-cost ratios side by side and write them as JSON")
     ben.add_argument("--out", default="runs/bench.json")
@@ -202,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "chains", 1) < 1:
         parser.error("--chains must be at least 1")
+    if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every < 1:
+        parser.error("--checkpoint-every must be at least 1")
     return args.func(args)
 
 

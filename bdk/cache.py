@@ -16,7 +16,7 @@ import torch
 
 from .config import config_dict, config_hash
 
-__all__ = ["cache_dir", "load_or_run", "Checkpointer", "progress", "atomic_save"]
+__all__ = ["cache_dir", "describe_path", "load_or_run", "Checkpointer", "progress", "atomic_save"]
 
 
 def cache_dir() -> Path:
@@ -25,6 +25,24 @@ def cache_dir() -> Path:
     path = Path(root) if root else Path.home() / ".cache" / "bdk"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def describe_path(path: str | os.PathLike) -> str:
+    """A short, machine-independent name for a file, for messages printed into notebooks.
+
+    A file inside :func:`cache_dir` is named relative to it, e.g.
+    ``"bdk-mnist-1a2b3c4d5e6f.pt in $BDK_CACHE_DIR"`` (or ``"... in ~/.cache/bdk"`` when the variable
+    is unset), which is enough to find it without printing a temporary absolute path; any other file
+    is named by its full path.
+    """
+    path = Path(path)
+    root = os.environ.get("BDK_CACHE_DIR")
+    folder = Path(root) if root else Path.home() / ".cache" / "bdk"
+    try:
+        relative = path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return str(path)
+    return f"{relative.as_posix()} in {'$BDK_CACHE_DIR' if root else '~/.cache/bdk'}"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -62,6 +80,7 @@ def load_or_run(
 
     The file is ``<directory>/<name>-<config_hash>.pt``; it stores the configuration beside the
     result, so a stale file with the same hash but different fields is detected and recomputed.
+    Messages name the file relative to ``BDK_CACHE_DIR`` (see :func:`describe_path`).
 
     Args:
         name: a file-name-safe experiment name.
@@ -79,18 +98,18 @@ def load_or_run(
         try:
             stored = _load(path)
         except Exception as err:  # a truncated or foreign file: say so and recompute
-            print(f"{name}: cached file {path} could not be read ({type(err).__name__}); running again")
+            print(f"{name}: cached file {describe_path(path)} could not be read ({type(err).__name__}); running again")
             stored = {}
         if _canonical(stored.get("config")) == _canonical(config_dict(config)):
             if verbose:
-                print(f"{name}: loaded cached result from {path} (computed in {stored['seconds']:.1f} s)")
+                print(f"{name}: loaded cached result {describe_path(path)} (computed in {stored['seconds']:.1f} s)")
             return stored["result"]
     start = time.perf_counter()
     result = fn(config)
     seconds = time.perf_counter() - start
     atomic_save({"config": config_dict(config), "result": result, "seconds": seconds}, path)
     if verbose:
-        print(f"{name}: ran in {seconds:.1f} s; result cached at {path}")
+        print(f"{name}: ran in {seconds:.1f} s; result cached as {describe_path(path)}")
     return result
 
 
@@ -109,31 +128,48 @@ class Checkpointer:
             ckpt.maybe_save(step + 1, lambda: {"step": step + 1, "model": model.state_dict(), ...})
         ckpt.clear()
 
+    The state must hold everything the loop's future depends on, random number generators included
+    (``torch.get_rng_state()``, ``generator.get_state()``), so that the resumed run ends with exactly
+    the numbers of an uninterrupted one. The file also records the step it was saved at; :meth:`load`
+    prints ``resuming from step K`` with the file's name relative to ``BDK_CACHE_DIR``.
+
     Args:
         path: the checkpoint file.
         every: save every ``every`` steps (``maybe_save`` with ``step % every == 0``).
+        verbose: say when :meth:`load` resumes from a checkpoint.
     """
 
-    def __init__(self, path: str | os.PathLike, every: int = 1000):
+    _FORMAT = "bdk-checkpoint-1"
+
+    def __init__(self, path: str | os.PathLike, every: int = 1000, verbose: bool = True):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer number of steps, got {every!r}.")
         self.path = Path(path)
         self.every = int(every)
+        self.verbose = bool(verbose)
 
     def load(self) -> Any | None:
         """Return the saved state, or ``None`` if there is no checkpoint."""
         if not self.path.exists():
             return None
-        return _load(self.path)
+        stored = _load(self.path)
+        if isinstance(stored, dict) and stored.get("format") == self._FORMAT:
+            step, state = stored["step"], stored["state"]
+        else:  # a file written before the step was recorded: the state itself
+            step, state = None, stored
+        if self.verbose:
+            what = "a checkpoint" if step is None else f"step {step}"
+            print(f"resuming from {what} ({describe_path(self.path)})")
+        return state
 
-    def save(self, state: Any) -> None:
-        """Save ``state`` atomically."""
-        atomic_save(state, self.path)
+    def save(self, state: Any, step: int | None = None) -> None:
+        """Save ``state`` atomically (with the step it belongs to, if given)."""
+        atomic_save({"format": self._FORMAT, "step": step, "state": state}, self.path)
 
     def maybe_save(self, step: int, state_fn: Callable[[], Any]) -> bool:
         """Save ``state_fn()`` if ``step`` is a multiple of ``every``; return whether it saved."""
         if step % self.every == 0:
-            self.save(state_fn())
+            self.save(state_fn(), step=step)
             return True
         return False
 

@@ -186,9 +186,15 @@ def test_load_or_run_runs_once_then_loads(cache_root, capsys):
         return {"x": torch.arange(cfg.num_steps), "mean": 1.5}
 
     first = bdk.load_or_run("demo", Cfg(4), fn)
-    assert "ran in" in capsys.readouterr().out
+    # the messages name the file relative to BDK_CACHE_DIR (no temporary absolute path in the book)
+    file_name = f"demo-{config.config_hash(Cfg(4))}.pt"
+    out = capsys.readouterr().out
+    assert out.startswith("demo: ran in ") and out.endswith(f"s; result cached as {file_name} in $BDK_CACHE_DIR\n")
+    assert str(cache_root) not in out
     second = bdk.load_or_run("demo", Cfg(4), fn)
-    assert "loaded cached result" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith(f"demo: loaded cached result {file_name} in $BDK_CACHE_DIR (computed in ")
+    assert str(cache_root) not in out
     assert len(calls) == 1
     assert torch.equal(first["x"], second["x"]) and second["mean"] == 1.5
     assert len(list(cache_root.glob("demo-*.pt"))) == 1
@@ -221,6 +227,16 @@ def test_load_or_run_detects_a_stale_file(cache_root):
 def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("BDK_CACHE_DIR", str(tmp_path / "a" / "b"))
     assert cache.cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+
+
+def test_describe_path_is_relative_to_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("BDK_CACHE_DIR", str(tmp_path / "cache"))
+    assert cache.describe_path(tmp_path / "cache" / "x-123.pt") == "x-123.pt in $BDK_CACHE_DIR"
+    assert cache.describe_path(tmp_path / "cache" / "sub" / "y.ckpt") == "sub/y.ckpt in $BDK_CACHE_DIR"
+    assert cache.describe_path(tmp_path / "elsewhere.pt") == str(tmp_path / "elsewhere.pt")  # outside: the full path
+    monkeypatch.delenv("BDK_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.describe_path(tmp_path / "home" / ".cache" / "bdk" / "z.pt") == "z.pt in ~/.cache/bdk"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +274,18 @@ def test_checkpointer_resumes_a_loop(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(10, stop_at=7)  # last checkpoint at step 6
     assert run(10) == sum(range(10))
+
+
+def test_checkpointer_says_where_it_resumes(cache_root, capsys):
+    ckpt = bdk.Checkpointer(bdk.cache_dir() / "demo-abc.ckpt", every=5)
+    assert ckpt.load() is None and capsys.readouterr().out == ""  # a fresh start is silent
+    assert not ckpt.maybe_save(4, lambda: {"w": 4}) and ckpt.maybe_save(10, lambda: {"w": 10})
+    assert ckpt.load() == {"w": 10}
+    assert capsys.readouterr().out == "resuming from step 10 (demo-abc.ckpt in $BDK_CACHE_DIR)\n"
+    ckpt.save({"w": 11})  # saved without a step
+    assert ckpt.load() == {"w": 11} and "resuming from a checkpoint" in capsys.readouterr().out
+    cache.atomic_save({"w": 12}, ckpt.path)  # a file written before the step was recorded: the state itself
+    assert bdk.Checkpointer(ckpt.path, verbose=False).load() == {"w": 12} and capsys.readouterr().out == ""
 
 
 def test_atomic_save_never_leaves_half_a_file(tmp_path, monkeypatch):

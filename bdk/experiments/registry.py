@@ -13,7 +13,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-__all__ = ["Experiment", "register", "get", "names", "select_config", "run_experiment", "MODULES"]
+__all__ = ["Experiment", "register", "get", "names", "select_config", "run_experiment", "supports_checkpoints",
+           "checkpointing_names", "MODULES"]
 
 # Modules whose import registers experiments (one per chapter).
 MODULES = (
@@ -96,8 +97,24 @@ def select_config(experiment: Experiment, profile: str | None = None) -> Any:
 
 
 def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str, Any] | None = None,
-                   force: bool = False, verbose: bool = True) -> dict:
-    """Run (or load from the cache) the experiment ``name`` in a profile; return its results."""
+                   force: bool = False, verbose: bool = True, checkpoint_every: int | None = None) -> dict:
+    """Run (or load from the cache) the experiment ``name`` in a profile; return its results.
+
+    Args:
+        name: a registered experiment.
+        profile: ``"quick"`` or ``"paper"`` (default: the active profile).
+        overrides: configuration fields to replace (e.g. ``{"seed": 3}``); they are part of the cache key.
+        force: run again even if a cached result exists.
+        verbose: print the configuration and where the result came from.
+        checkpoint_every: save a checkpoint every this many iterations, for experiments whose
+            configuration has a ``checkpoint_every`` field (the others do not checkpoint). How often a
+            run checkpoints does not change its numbers (a resumed run restores every random number
+            generator), so this setting is not part of the cache key.
+
+    Raises:
+        KeyError: for an unknown name.
+        ValueError: when ``checkpoint_every`` is not a positive integer or the experiment cannot checkpoint.
+    """
     from ..cache import load_or_run
     from ..config import select
 
@@ -105,4 +122,22 @@ def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str
     config = select(experiment.configs, profile=profile, verbose=verbose)
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    return load_or_run(name, config, experiment.run, force=force, verbose=verbose)
+    if checkpoint_every is None:
+        return load_or_run(name, config, experiment.run, force=force, verbose=verbose)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
+    if not supports_checkpoints(experiment):
+        raise ValueError(f"{name} does not checkpoint; experiments that do: {', '.join(checkpointing_names())}.")
+    # cached under the configuration as given; run with the checkpoint frequency replaced
+    run_config = dataclasses.replace(config, checkpoint_every=checkpoint_every)
+    return load_or_run(name, config, lambda _config: experiment.run(run_config), force=force, verbose=verbose)
+
+
+def supports_checkpoints(experiment: Experiment) -> bool:
+    """Whether the experiment's configurations have a ``checkpoint_every`` field (its long loops resume)."""
+    return all(any(f.name == "checkpoint_every" for f in dataclasses.fields(c)) for c in experiment.configs.values())
+
+
+def checkpointing_names() -> list[str]:
+    """The experiments that checkpoint their long loops (``--checkpoint-every``)."""
+    return [n for n in names() if supports_checkpoints(_REGISTRY[n])]
