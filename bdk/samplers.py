@@ -513,14 +513,18 @@ class pSGLD(SGLD):
             if not (_is_number(lr) and lr > 0):
                 raise ValueError(f"pSGLD step {self.num_steps}: lr must be a positive finite number, got {lr!r}.")
             grads = [p.grad for p in params]
-            square_avgs = []
+            square_avgs, old_avgs, old_grads = [], [], []
             for p, g in zip(params, grads):
                 st = self.state[p]
                 if "square_avg" not in st:
                     st["square_avg"] = (g / num_data).square()
                 else:
-                    st["square_avg"].mul_(alpha).addcmul_(g, g, value=(1.0 - alpha) / num_data**2)
+                    old_avgs.append(st["square_avg"])
+                    old_grads.append(g)
                 square_avgs.append(st["square_avg"])
+            if old_avgs:  # V <- alpha V + (1 - alpha) (g / N)^2, fused over the parameters
+                torch._foreach_mul_(old_avgs, alpha)
+                torch._foreach_addcmul_(old_avgs, old_grads, old_grads, value=(1.0 - alpha) / num_data**2)
             denom = torch._foreach_sqrt(square_avgs)
             torch._foreach_add_(denom, eps)  # lambda + sqrt(V) = 1 / G
             torch._foreach_addcdiv_(params, grads, denom, value=-0.5 * lr)
@@ -811,37 +815,39 @@ def _stacked_mlp_forward(
     """Evaluate S MLPs with stacked parameters ``params[name] (S, ...)`` on ``x``.
 
     ``layout`` holds Linear layers and elementwise modules only (a leading ``nn.Flatten`` is applied by
-    the caller). ``x`` is shared, ``(n, d)``, or per model, ``(S, n, d)``. A shared input meets the S
-    first-layer weights in one matrix product, ``x @ [W_1^(1); ...; W_1^(S)]^T`` (the stacked
-    ``(S*h, d)`` weight is a view, no copy), so the input is read once instead of S times and the
-    product is one large GEMM; later layers are batched matrix products (``baddbmm``) that read the
-    ``(n, S, h)`` activations through a strided view and the weights as ``w.transpose(1, 2)``, which is
-    contiguous when the caller stores those weights transposed (:class:`PosteriorSamples` does).
-    ``nn.Dropout`` is the identity here (prediction). Returns ``(S, n, out)``.
+    the caller). ``x`` is shared, ``(n, d)``, or per model, ``(S, n, d)``. The activations are kept
+    feature-major, ``(S, h, n)``, i.e. layer ``l`` computes :math:`H_l^{(s)} = W_l^{(s)} H_{l-1}^{(s)} + b_l^{(s)}`
+    with the inputs along the columns. A shared input meets the S first-layer weights in one matrix
+    product, ``[W_1^(1); ...; W_1^(S)] x^T`` (the stacked ``(S*h, d)`` weight is a view, no copy), so
+    the input is read once and the product is one large GEMM; later layers are batched matrix
+    products ``baddbmm(b, W, H)`` whose operands are all contiguous (weights as stored, ``(S, out, in)``)
+    and whose long dimension is the number of inputs. (The input-major form ``H W^T`` has a tiny
+    output dimension for small networks, ``out = 2`` say, where batched GEMMs run far below speed.)
+    ``nn.Dropout`` is the identity here (prediction). Returns ``(S, n, out)``, a transposed view.
     """
     h = x
-    shared = None  # None before the first Linear; True while activations are laid out (n, S, h)
+    feature_major = False  # True once a Linear has laid the activations out as (S, h, n)
     for name, m in layout:
         if isinstance(m, nn.Linear):
             w = params[f"{name}.weight"]  # (S, out, in)
             b = params.get(f"{name}.bias")  # (S, out) or None
             s, out_f, in_f = w.shape
-            if shared is None and h.dim() == 2:  # shared input: one GEMM against all S weight matrices
-                h = F.linear(h, w.reshape(s * out_f, in_f), None if b is None else b.reshape(s * out_f))
-                h = h.view(h.shape[0], s, out_f)
-                shared = True
+            if not feature_major and h.dim() == 2:  # shared input: one GEMM against all S weight matrices
+                w2 = w.reshape(s * out_f, in_f)
+                h = torch.mm(w2, h.t()) if b is None else torch.addmm(b.reshape(s * out_f, 1), w2, h.t())
+                h = h.view(s, out_f, h.shape[-1])
             else:
-                hb = h.transpose(0, 1) if shared else h  # (S, n, in), possibly strided
-                wt = w.transpose(1, 2)
-                h = torch.bmm(hb, wt) if b is None else torch.baddbmm(b.unsqueeze(1), hb, wt)
-                shared = False
+                hb = h if feature_major else h.transpose(1, 2)  # (S, in, n)
+                h = torch.bmm(w, hb) if b is None else torch.baddbmm(b.unsqueeze(-1), w, hb)
+            feature_major = True
         elif isinstance(m, nn.Dropout):
             continue  # prediction uses every unit (eval mode)
-        elif not torch.is_grad_enabled() and type(m) in _INPLACE:
-            h = _INPLACE[type(m)](h)  # saves an allocation and a pass over a large activation
+        elif feature_major and not torch.is_grad_enabled() and type(m) in _INPLACE:
+            # in place on our own activation (never on the caller's input): saves an allocation and a pass
+            h = _INPLACE[type(m)](h)
         else:
             h = m(h)
-    return h.transpose(0, 1) if shared else h
+    return h.transpose(1, 2) if feature_major else h
 
 
 def _strip_flatten(layout, x: torch.Tensor, per_model: bool):
@@ -1029,12 +1035,6 @@ class PosteriorSamples:
         self.num_steps = 0  # steps counted by step()
         self.num_added = 0  # samples ever added
         self._layout = _mlp_layout(self.template)
-        # Fast-path storage layout: the weights of every Linear layer after the first are kept
-        # transposed, (in, out) per sample, so that the batched products of the fast path read them
-        # contiguously (a transposed operand makes batched matrix products slower on a CPU). The
-        # first layer stays (out, in): its S matrices are used as one (S * out, in) matrix.
-        linears = [name for name, m in (self._layout or []) if isinstance(m, nn.Linear)]
-        self._transposed = {f"{name}.weight" for name in linears[1:]}
 
     def __len__(self) -> int:
         return self._count
@@ -1090,10 +1090,7 @@ class PosteriorSamples:
         order = self._order()
         for n in self.names:
             shape = ref[n].shape
-            if n in self._transposed:  # a transposed view of (cap, in, out) storage
-                buf = torch.empty((new_cap, shape[1], shape[0]), dtype=ref[n].dtype, device=self.device).transpose(1, 2)
-            else:
-                buf = torch.empty((new_cap, *shape), dtype=ref[n].dtype, device=self.device)
+            buf = torch.empty((new_cap, *shape), dtype=ref[n].dtype, device=self.device)
             if cap:
                 buf[: self._count] = self._buffers[n][order]
             self._buffers[n] = buf
@@ -1167,7 +1164,8 @@ class PosteriorSamples:
             method: ``"auto"`` (fast path when the model allows, else vmap), ``"fast"``, ``"vmap"``, or
                 ``"loop"`` (a Python loop over samples, for checks and benchmarks).
         """
-        return torch.cat(list(self._chunks(x, chunk_size, method)))
+        parts = list(self._chunks(x, chunk_size, method))
+        return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
 
     @torch.no_grad()
     def predictive(

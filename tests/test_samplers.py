@@ -470,6 +470,40 @@ def test_stacked_mlp_matches_the_individual_models_for_shared_and_per_model_inpu
         torch.testing.assert_close(out[i], stacked.model(i).eval()(xs[i]), rtol=1e-5, atol=1e-6)
 
 
+def test_stacked_mlp_handles_no_bias_leading_and_trailing_activations_and_gradients():
+    # the fast path lays activations out feature-major (S, h, n): check the layouts it switches between
+    torch.manual_seed(0)
+    template = nn.Sequential(nn.Tanh(), nn.Linear(3, 5, bias=False), nn.ReLU(), nn.Linear(5, 2, bias=False), nn.Sigmoid())
+    stacked = StackedMLP(template, 3)
+    x = torch.randn(6, 3)
+    x0 = x.clone()
+    with torch.no_grad():
+        out = stacked(x)
+    assert torch.equal(x, x0)  # the leading Tanh must not act in place on the caller's input
+    assert out.shape == (3, 6, 2)
+    for i in range(3):
+        torch.testing.assert_close(out[i], stacked.model(i)(x), rtol=1e-5, atol=1e-6)
+    # with gradients: the stacked gradient of sum_s f_s(x).sum() is each model's own gradient
+    stacked(x).sum().backward()
+    for i in range(3):
+        m = stacked.model(i)
+        m(x).sum().backward()
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(getattr(stacked, name.replace(".", "__")).grad[i], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_predictive_of_a_small_network_equals_the_loop_for_many_samples():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 10), nn.ReLU(), nn.Linear(10, 2))
+    store = _filled_store(model, 40)
+    x = torch.randn(300, 2)
+    loop = store.forward_all(x, method="loop")
+    for chunk in (None, 7, 40):
+        fast = store.forward_all(x, method="fast", chunk_size=chunk)
+        assert fast.is_contiguous()
+        torch.testing.assert_close(fast, loop, rtol=1e-5, atol=1e-5)
+
+
 def test_stacked_mlp_rejects_other_models():
     with pytest.raises(TypeError):
         StackedMLP(nn.Sequential(nn.Conv2d(1, 2, 3)), 2)
@@ -883,3 +917,9 @@ def test_timing_functions_return_the_benchmark_fields():
     s = predictive_speedup(sizes=(4, 6, 2), num_samples=5, num_inputs=20, repeats=1)
     assert s["max_abs_diff"] < 1e-4 * max(1.0, s["output_scale"])
     assert set(s["speedup_over_loop"]) == {"loop", "vmap, one call", "vmap, chunked", "fast, one call", "fast, chunked"}
+    from bdk.experiments.bench import sgld_noise_breakdown
+
+    b = sgld_noise_breakdown(sizes=(20, 8, 3), batch_size=10, repeats=2, steps_per_repeat=2, device="cpu")
+    assert b["num_params"] == 20 * 8 + 8 + 8 * 3 + 3
+    assert {"SGD", "SGLD", "SGLD, T=0", "Gaussian draw (SGLD's generator)"} <= set(b["median_seconds"])
+    assert b["sgld_over_sgd"] > 0 and b["draw_over_sgd"] > 0 and b["draw_ns_per_float"] > 0

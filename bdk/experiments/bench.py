@@ -15,13 +15,16 @@ All on the MNIST MLP 784-400-400-10 with batch 100 unless said otherwise.
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import statistics
 import time
 from typing import Any
 
 import torch
 
-__all__ = ["run", "distillation_step_ratio", "format_table"]
+__all__ = ["run", "distillation_step_ratio", "sgld_noise_breakdown", "format_table"]
 
 
 def _sync(device: torch.device) -> None:
@@ -74,6 +77,78 @@ def distillation_step_ratio(batch_size: int = 100, repeats: int = 15, steps_per_
             "device": str(device)}
 
 
+def sgld_noise_breakdown(sizes=(784, 400, 400, 10), batch_size: int = 100, repeats: int = 15,
+                         steps_per_repeat: int = 10, device=None) -> dict[str, Any]:
+    """Split the cost of an SGLD step into the SGD-like part and the Gaussian draw.
+
+    Interleaves (rotating order, median over repeats) four things on the MNIST MLP: an SGD step on
+    the mean loss; an SGLD step; an SGLD step at ``temperature=0`` (the same code path without the
+    noise: drift, finiteness check, one ``_foreach_add_``); and the draw alone, i.e. SGLD's own
+    noise generator filling its flat buffer of as many N(0, 1) floats as the network has weights
+    (``plain normal_`` times one ``normal_()`` call on that buffer for comparison). The ratios say how
+    much of the SGLD/SGD gap is the draw.
+    """
+    from .._runtime import get_device
+    from ..samplers import SGLD, neg_log_posterior
+    from .sgld import make_mlp
+
+    device = torch.device(device) if device is not None else get_device()
+    torch.manual_seed(0)
+    x = torch.rand(batch_size, sizes[0], device=device)
+    y = torch.randint(0, sizes[-1], (batch_size,), device=device)
+    num_data = 60_000
+    base = make_mlp(sizes).to(device)
+
+    def runner(make_opt, mean_loss):
+        m = make_mlp(sizes).to(device)
+        m.load_state_dict(base.state_dict())
+        opt = make_opt(m.parameters())
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            u = neg_log_posterior(m, x, y, num_data, 1.0)
+            (u / num_data if mean_loss else u).backward()
+            opt.step()
+
+        return step, opt
+
+    runners = {}
+    runners["SGD"], _ = runner(lambda p: torch.optim.SGD(p, lr=1e-3), True)
+    runners["SGLD"], sgld = runner(lambda p: SGLD(p, lr=1e-8), False)
+    runners["SGLD, T=0"], _ = runner(lambda p: SGLD(p, lr=1e-8, temperature=0.0), False)
+    num_params = sum(p.numel() for p in base.parameters())
+    flat = torch.empty(num_params, device=device)
+    runners["Gaussian draw (SGLD's generator)"] = lambda: sgld._noise.fill_(flat, 1.0)
+    runners["Gaussian draw (plain normal_)"] = lambda: flat.normal_()
+    names = list(runners)
+    for f in runners.values():  # warm-up
+        for _ in range(3):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_repeat):
+                runners[k]()
+            _sync(device)
+            times[k].append((time.perf_counter() - t0) / steps_per_repeat)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    sgd = med["SGD"]
+    return {
+        "median_seconds": med,
+        "min_seconds": {k: min(v) for k, v in times.items()},
+        "sgld_over_sgd": med["SGLD"] / sgd,
+        "sgld_t0_over_sgd": med["SGLD, T=0"] / sgd,
+        "draw_over_sgd": med["Gaussian draw (SGLD's generator)"] / sgd,
+        "plain_normal_over_sgd": med["Gaussian draw (plain normal_)"] / sgd,
+        "draw_ns_per_float": 1e9 * med["Gaussian draw (SGLD's generator)"] / num_params,
+        "num_params": num_params,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run(repeats: int = 30, device=None) -> dict[str, Any]:
     """Run every measurement and return the table rows and the raw timings."""
     from . import distill as dx
@@ -93,11 +168,19 @@ def run(repeats: int = 30, device=None) -> dict[str, Any]:
     raw["sgld"] = sx.step_cost_ratios(repeats=repeats, device=device)
     row("SGLD step / SGD step", raw["sgld"]["sgld_over_sgd"], 1.10)
     row("pSGLD step / RMSprop step", raw["sgld"]["psgld_over_rmsprop"], None)
+    raw["sgld_noise"] = sgld_noise_breakdown(repeats=repeats, device=device)
+    row("  SGLD step at T=0 (no noise) / SGD step", raw["sgld_noise"]["sgld_t0_over_sgd"], None,
+        note="the SGLD code path without the Gaussian draw")
+    row("  N(0,1) draw of all weights / SGD step", raw["sgld_noise"]["draw_over_sgd"], None,
+        note=f"{raw['sgld_noise']['num_params']:,} floats, {raw['sgld_noise']['draw_ns_per_float']:.1f} ns each")
     if "posteriors_sgld_over_bdk_sgld" in raw["sgld"]:
         row("posteriors SGLD / bdk SGLD", raw["sgld"]["posteriors_sgld_over_bdk_sgld"], 1.0, better="higher")
 
     raw["ivon"] = ivx.step_cost_ratios(repeats=repeats, device=device)
     row("IVON step / Adam step", raw["ivon"]["ivon_over_adam"], 1.25)
+    if raw["ivon"].get("ivon_without_normal_over_adam") is not None:
+        row("  IVON step less its N(0,1) draw / Adam step", raw["ivon"]["ivon_without_normal_over_adam"], None,
+            note="the draw must stay the reference's (same torch generator, same order)")
     if raw["ivon"].get("ivon_over_ivon_opt") is not None:
         row("ivon-opt IVON / bdk IVON", 1.0 / raw["ivon"]["ivon_over_ivon_opt"], 1.0, better="higher")
 
@@ -106,7 +189,9 @@ def run(repeats: int = 30, device=None) -> dict[str, Any]:
 
     raw["predictive_mlp"] = sx.predictive_speedup(sizes=(784, 400, 400, 10), num_samples=100, num_inputs=1000,
                                                   device=device)
-    raw["predictive_toy"] = sx.predictive_speedup(sizes=(2, 10, 2), num_samples=100, num_inputs=1000, device=device)
+    # the toy net takes ~0.1 s per repeat: more repeats make its median robust to a busy machine
+    raw["predictive_toy"] = sx.predictive_speedup(sizes=(2, 10, 2), num_samples=100, num_inputs=1000,
+                                                  repeats=max(15, repeats), device=device)
     best_mlp = max(v for k, v in raw["predictive_mlp"]["speedup_over_loop"].items() if k != "loop")
     best_toy = max(v for k, v in raw["predictive_toy"]["speedup_over_loop"].items() if k != "loop")
     row("vectorised predictive speed-up, MNIST MLP, S=100", best_mlp, 5.0 if device.type == "cuda" else 1.0,
@@ -129,17 +214,26 @@ def run(repeats: int = 30, device=None) -> dict[str, Any]:
         t = dx.time_predictive(model, vectors, student, x[:n], num_samples=(100,), repeats=3)
         raw["batch_scaling"][n] = {"ensemble_seconds": t["seconds"][0], "student_seconds": t["student_seconds"]}
     return {"rows": rows, "raw": raw, "device": str(device), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "date": datetime.date.today().isoformat(), "machine": _machine(device)}
+
+
+def _machine(device: torch.device) -> str:
+    """One line naming the hardware the bench ran on."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    processor = platform.processor() or platform.machine()
+    return (f"{processor} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} intra-op thread(s), "
+            f"torch {torch.__version__}")
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The bench rows as a Markdown table."""
     lines = [f"Device: {result['device']} ({result['threads']} threads), torch {result['torch']}", "",
-             "| measure | value | target | met |", "| --- | ---: | ---: | :---: |"]
+             "| measure | value | target | met | note |", "| --- | ---: | ---: | :---: | --- |"]
     for r in result["rows"]:
         target = "" if r["target"] is None else (("≤ " if r["better"] == "lower" else "≥ ") + f"{r['target']:g}")
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
-        lines.append(f"| {r['measure']} | {r['value']:.3g} | {target} | {met} |")
+        lines.append(f"| {r['measure']} | {r['value']:.3g} | {target} | {met} | {r.get('note', '')} |")
     tt = result["raw"]["test_time"]
     lines += ["", "Ensemble cost against S (10,000 inputs):", "", "| S | seconds | parameters (MB) |",
               "| ---: | ---: | ---: |"]
