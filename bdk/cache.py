@@ -102,14 +102,15 @@ def load_or_run(
             stored = {}
         if _canonical(stored.get("config")) == _canonical(config_dict(config)):
             if verbose:
-                print(f"{name}: loaded cached result {describe_path(path)} (computed in {stored['seconds']:.1f} s)")
+                print(f"{name}: loaded cached result (computed in {stored['seconds']:.1f} s)\n"
+                      f"  {describe_path(path)}")
             return stored["result"]
     start = time.perf_counter()
     result = fn(config)
     seconds = time.perf_counter() - start
     atomic_save({"config": config_dict(config), "result": result, "seconds": seconds}, path)
     if verbose:
-        print(f"{name}: ran in {seconds:.1f} s; result cached as {describe_path(path)}")
+        print(f"{name}: ran in {seconds:.1f} s; result cached as\n  {describe_path(path)}")
     return result
 
 

@@ -61,6 +61,18 @@ def select(configs: Mapping[str, T], profile: str | None = None, verbose: bool =
         raise ValueError(f"no configuration for profile {name!r}; this experiment defines {sorted(configs)}.")
     config = configs[name]
     if verbose:
-        fields = "".join(f"\n    {k} = {v!r}" for k, v in dataclasses.asdict(config).items())
-        print(f"profile {name}: {type(config).__name__}{fields}")
+        print(f"profile {name}: {type(config).__name__}" + "".join(_field_lines(config, "    ")))
     return config
+
+
+def _field_lines(config: Any, indent: str) -> list[str]:
+    """One line per field; a nested configuration gets its own indented block."""
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            lines.append(f"\n{indent}{f.name}: {type(value).__name__}")
+            lines += _field_lines(value, indent + "    ")
+        else:
+            lines.append(f"\n{indent}{f.name} = {value!r}")
+    return lines

@@ -33,6 +33,7 @@ import importlib.util
 import math
 import os
 import struct
+import textwrap
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -616,7 +617,7 @@ def load_mnist(
         )
     data.info.update(classes=MNIST_CLASSES, image_shape=(28, 28), num_classes=10, seed=seed)
     if verbose or data.info["subset"]:
-        print(data.info["description"] + ".")
+        print(textwrap.fill(data.info["description"] + ".", width=72))
     return data
 
 
@@ -695,7 +696,7 @@ def load_fashion_mnist(
          "classes": FASHION_MNIST_CLASSES, "image_shape": (28, 28), "num_classes": 10, "seed": seed},
     )
     if verbose or subset:
-        print(description + ".")
+        print(textwrap.fill(description + ".", width=72))
     return data
 
 

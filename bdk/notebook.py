@@ -32,5 +32,5 @@ def setup_notebook(seed: int = 0) -> torch.device:
         )
     device = get_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    print(f"bdk {__version__} | torch {torch.__version__} | profile: {active} | device: {device} ({name}) | seed: {seed}")
+    print(f"bdk {__version__} | torch {torch.__version__}\nprofile: {active} | device: {device} ({name}) | seed: {seed}")
     return device

@@ -30,17 +30,19 @@ def repository_url() -> str:
 
 def setup_source() -> str:
     return (
-        "# Setup: on Colab, install bdk (with its data/ folder) at the book's pinned revision and let it\n"
-        "# download the data sets it cannot find; then seed every generator, set the plot style,\n"
-        "# and print the profile and device (a GPU when the runtime has one).\n"
+        "# Setup. On Colab: install bdk (with its data/ folder) at the book's\n"
+        "# pinned revision, and let it download the data sets it lacks.\n"
+        "# Everywhere: seed every generator, set the plot style, and print\n"
+        "# the profile and the device.\n"
         "import os\n"
         "import sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
-        f"    !git clone -q --depth 1 --branch {PINNED_REVISION} {repository_url()} /content/bdk-book\n"
-        '    %pip install -q /content/bdk-book\n'
-        '    os.environ.setdefault("BDK_DATA_DIR", "/content/bdk-book/data")\n'
-        '    os.environ.setdefault("BDK_DOWNLOAD", "1")  # full MNIST, checked against its published MD5s\n'
+        f'    repo = "{repository_url()}"\n'
+        f"    !git clone -q --depth 1 --branch {PINNED_REVISION} {{repo}} /content/bdk\n"
+        "    %pip install -q /content/bdk\n"
+        '    os.environ.setdefault("BDK_DATA_DIR", "/content/bdk/data")\n'
+        '    os.environ.setdefault("BDK_DOWNLOAD", "1")  # MD5-checked\n'
         "\n"
         "import bdk\n"
         "\n"

@@ -33,7 +33,7 @@ echo "[test] pytest tests/"
 python -m pytest tests -q -p no:cacheprovider --timeout=900
 t1=$SECONDS
 echo "[test] notebooks through nbmake (profile quick)"
-python scripts/execute_notebooks.py
+python scripts/execute_notebooks.py --times _build/notebook-times.json
 t2=$SECONDS
 echo "[test] jupyter-book build -W -n --keep-going"
 jupyter-book build . -W -n --keep-going

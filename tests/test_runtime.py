@@ -150,6 +150,18 @@ def test_select_prints_and_returns_the_active_profile(monkeypatch, capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_select_prints_a_nested_configuration_one_field_per_line(capsys):
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        inner: Cfg = Cfg(5)
+        name: str = "x"
+
+    config.select({"quick": Outer(), "paper": Outer()}, profile="quick")
+    assert capsys.readouterr().out == (
+        "profile quick: Outer\n    inner: Cfg\n        num_steps = 5\n        lr = 0.1\n        sizes = (2, 3)\n"
+        "    name = 'x'\n")
+
+
 def test_select_errors(monkeypatch):
     with pytest.raises(ValueError, match="not a profile"):
         config.select(CONFIGS, profile="smoke")
@@ -189,11 +201,11 @@ def test_load_or_run_runs_once_then_loads(cache_root, capsys):
     # the messages name the file relative to BDK_CACHE_DIR (no temporary absolute path in the book)
     file_name = f"demo-{config.config_hash(Cfg(4))}.pt"
     out = capsys.readouterr().out
-    assert out.startswith("demo: ran in ") and out.endswith(f"s; result cached as {file_name} in $BDK_CACHE_DIR\n")
+    assert out.startswith("demo: ran in ") and out.endswith(f"s; result cached as\n  {file_name} in $BDK_CACHE_DIR\n")
     assert str(cache_root) not in out
     second = bdk.load_or_run("demo", Cfg(4), fn)
     out = capsys.readouterr().out
-    assert out.startswith(f"demo: loaded cached result {file_name} in $BDK_CACHE_DIR (computed in ")
+    assert out.startswith("demo: loaded cached result (computed in ") and out.endswith(f"\n  {file_name} in $BDK_CACHE_DIR\n")
     assert str(cache_root) not in out
     assert len(calls) == 1
     assert torch.equal(first["x"], second["x"]) and second["mean"] == 1.5
