@@ -480,3 +480,55 @@ def test_histogram_tv_distance_of_a_point_mass():
     assert math.isclose(L.histogram_tv_distance(x, EDGES, p), 1 - p[k].item(), rel_tol=1e-12)
     with pytest.raises(ValueError, match="do not match"):
         L.histogram_tv_distance(x, EDGES, p[:-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The chapter's animation (bdk.experiments.langevin.animate_relaxation)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_animate_relaxation_has_the_asked_frames_and_closes_its_figure():
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    from bdk.experiments import langevin as E
+
+    before = set(plt.get_fignums())
+    anim = E.animate_relaxation(num_frames=4, num_particles=200, final_time=0.1, step_size=0.01,
+                                num_cells=51, dpi=20)
+    assert isinstance(anim, FuncAnimation)
+    assert len(list(anim.new_frame_seq())) == 4
+    assert len(anim.frame_times) == 4 and anim.frame_times[0] == 0.0
+    assert np.all(np.diff(anim.frame_times) >= 0) and anim.frame_times[-1] == pytest.approx(0.1)
+    assert set(plt.get_fignums()) == before  # closed: a notebook shows only the animation
+    html = anim.to_jshtml()
+    assert len(re.findall(r'frames\[\d+\] = "data:image/png', html)) == 4  # one embedded image per frame
+
+
+@pytest.mark.parametrize("kwargs", [{"num_frames": 1}, {"num_particles": 0}, {"start": 3.0}])
+def test_animate_relaxation_rejects_bad_arguments(kwargs):
+    from bdk.experiments import langevin as E
+
+    with pytest.raises(ValueError):
+        E.animate_relaxation(**kwargs)
+
+
+def test_animate_relaxation_html_image_has_the_first_frame_as_source():
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bdk.experiments import langevin as E
+
+    anim = E.animate_relaxation(num_frames=2, num_particles=100, final_time=0.05, step_size=0.01,
+                                num_cells=41, dpi=20)
+    html = anim.to_jshtml()
+    tag = re.search(r"<img id=\"_anim_img[0-9a-f]+\"[^>]*>", html).group(0)
+    first = re.search(r'frames\[0\] = "(data:image/png;base64,[^"]*)"', html).group(1)
+    assert f'src="{first}"' in tag

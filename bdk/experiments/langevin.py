@@ -8,7 +8,9 @@ registry.
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -34,6 +36,7 @@ __all__ = [
     "plot_bias",
     "plot_fokker_planck",
     "plot_mala",
+    "animate_relaxation",
     "fit_loglog_slope",
 ]
 
@@ -206,22 +209,25 @@ def run_histograms(cfg: LangevinConfig) -> dict:
 
 
 def plot_histograms(res: dict):
-    """Final particle histograms against the Gibbs density: the double well (left) and the banana (right)."""
+    """Final particle histograms against the Gibbs density: the double well (top) and the banana (bottom)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.2, 1, 1]})
+    fig = plt.figure(figsize=(7.5, 7.2), layout="constrained")
+    grid_spec = fig.add_gridspec(2, 2, height_ratios=[1, 1.15])
+    top = fig.add_subplot(grid_spec[0, :])
+    bottom = [fig.add_subplot(grid_spec[1, 0]), fig.add_subplot(grid_spec[1, 1])]
     dw, ban = double_well(), banana()
     r = res["double_well"]
-    ax = axes[0]
+    ax = top
     ax.hist(r["final"][:, 0], bins=r["edges"], density=True, color=method_color("Euler-Maruyama"), alpha=0.45,
             label=f"Euler-Maruyama, {len(r['final']):,} particles")
     xs = torch.linspace(-2.5, 2.5, 600, dtype=torch.float64)
     ax.plot(xs, dw.density(xs[:, None]), color=method_color("exact"), label=r"Gibbs $e^{-U}/Z$")
     ax.set_xlabel(r"$x$")
-    ax.set_ylabel("density")
-    ax.set_title(rf"double well at $t = {r['times'][-1]:.0f}$ ($h = {r['step_size']}$)", fontsize=10)
+    ax.set_ylabel(r"density $p(x)$")
+    ax.set_title(rf"Double well $U(x) = (x^2-1)^2 + x/2$ at $t = {r['times'][-1]:.0f}$ ($h = {r['step_size']}$)")
     ax.set_ylim(0, 1.25 * ax.get_ylim()[1])
-    ax.legend(loc="upper right", fontsize=9)
+    ax.legend(loc="upper right")
 
     r = res["banana"]
     e1, e2 = r["edges"]
@@ -232,18 +238,19 @@ def plot_histograms(res: dict):
     widths = np.outer(np.diff(e1), np.diff(e2))
     vmax = max(counts.max() / (len(r["final"]) * widths.min()), dens.max())
     for ax, image, title in (
-        (axes[1], counts / (len(r["final"]) * widths), f"banana: particles at $t = {r['times'][-1]:.0f}$ ($h = {r['step_size']}$)"),
-        (axes[2], r["probs"] / widths, "banana: exact bin probabilities"),
+        (bottom[0], counts / (len(r["final"]) * widths), f"Banana: particles at $t = {r['times'][-1]:.0f}$"),
+        (bottom[1], r["probs"] / widths, "Banana: exact bin probabilities"),
     ):
         mesh = ax.pcolormesh(e1, e2, image.T, cmap="Blues", vmin=0, vmax=vmax, shading="flat")
-        contour = ax.contour(g1, g2, dens, levels=levels, colors=method_color("exact"), linewidths=0.9)
+        ax.contour(g1, g2, dens, levels=levels, colors=method_color("exact"), linewidths=0.9)
         ax.set_xlabel(r"$x_1$")
-        ax.set_ylabel(r"$x_2$")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=11)
         ax.grid(False)
+    bottom[0].set_ylabel(r"$x_2$")
+    bottom[1].tick_params(labelleft=False)
     handle = plt.Line2D([], [], color=method_color("exact"), lw=0.9)
-    axes[1].legend([handle], [r"contours of Gibbs $e^{-U}/Z$"], loc="upper center")
-    fig.colorbar(mesh, ax=axes[1:], label="density", shrink=0.9)
+    bottom[0].legend([handle], [r"contours of $e^{-U}/Z$"], loc="upper center", fontsize=9)
+    fig.colorbar(mesh, ax=bottom, label="density", shrink=0.95)
     return fig
 
 
@@ -251,17 +258,19 @@ def plot_convergence(res: dict):
     """TV distance between the particle histogram and the Gibbs bin probabilities, against time."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for ax, (name, title) in zip(axes, (("double_well", "double well (1-D)"), ("banana", "banana (2-D)"))):
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.9), sharey=True, layout="constrained")
+    for ax, (name, title) in zip(axes, (("double_well", "Double well (1-D)"), ("banana", "Banana (2-D)"))):
         r = res[name]
-        ax.semilogy(r["times"], r["tv"], marker="o", ms=3, color=method_color("Euler-Maruyama"), label="Euler-Maruyama particles")
+        ax.semilogy(r["times"], r["tv"], marker="o", ms=3, color=method_color("Euler-Maruyama"),
+                    label="Euler-Maruyama particles")
         ax.axhspan(r["null_mean"] - 2 * r["null_sd"], r["null_mean"] + 2 * r["null_sd"], color="0.6", alpha=0.35,
                    label="exact iid sampling: mean $\\pm$ 2 sd")
         ax.axhline(r["tv_exact_samples"], color=method_color("exact"), ls=":", label="one set of exact samples")
         ax.set_xlabel("time $t$")
         ax.set_title(title)
-        ax.legend(loc="upper right")
-    axes[0].set_ylabel("TV distance to Gibbs (histogram)")
+    axes[0].set_ylabel("TV distance to Gibbs")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=9)
     return fig
 
 
@@ -332,24 +341,25 @@ def plot_bias(res: dict):
     """Log-log plot of the bias of the second moment against the step size, with fitted slopes."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
-    titles = {"gaussian": r"Gaussian $U = x^2/2$: $|\mathrm{Var}_h - 1|$",
-              "double_well": r"double well: $|E_h[x^2] - E_{\mathrm{Gibbs}}[x^2]|$"}
+    fig, axes = plt.subplots(2, 1, figsize=(7.5, 7.0), layout="constrained")
+    titles = {"gaussian": r"Gaussian $U = x^2/2$: bias $|\mathrm{Var}_h - 1|$",
+              "double_well": r"Double well: bias $|E_h[x^2] - E_{\mathrm{Gibbs}}[x^2]|$"}
     exact_labels = {"gaussian": r"exact AR(1): $\frac{1}{1 - h/2} - 1$",
                     "double_well": "exact stationary law of the chain (grid)"}
     for ax, name in zip(axes, ("gaussian", "double_well")):
         r = res[name]
         h = r["step_sizes"]
-        ax.loglog(h, r["exact_bias"], color=method_color("exact"), label=f"{exact_labels[name]}, slope {r['slope_exact']:.2f}")
+        ax.loglog(h, r["exact_bias"], color=method_color("exact"),
+                  label=f"{exact_labels[name]}, slope {r['slope_exact']:.2f}")
         ax.errorbar(h, r["bias"], yerr=2 * r["measured_se"], fmt="o", color=method_color("Euler-Maruyama"),
-                    label=f"particles (±2 SE), fitted slope {r['slope_measured']:.2f}")
+                    label=f"Euler-Maruyama particles (±2 SE), slope {r['slope_measured']:.2f}")
         ax.set_xticks(h)
         ax.set_xticklabels([f"{v:g}" for v in h])
         ax.minorticks_off()
         ax.set_xlabel("step size $h$")
-        ax.set_ylabel("bias of the second moment")
+        ax.set_ylabel("bias of $E[x^2]$")
         ax.set_title(titles[name])
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper left", fontsize=9)
     return fig
 
 
@@ -437,19 +447,25 @@ def plot_fokker_planck(res: dict):
     import matplotlib.pyplot as plt
 
     times = res["times"]
-    fig, axes = plt.subplots(2, (len(times) + 1) // 2, figsize=(13, 6.0), sharex=True)
+    rows = (len(times) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(7.5, 2.3 * rows + 0.9), sharex=True, sharey=True,
+                             layout="constrained")
     for ax, t, dens, snap, tv, m, s in zip(axes.ravel(), times, res["densities"], res["particles"], res["tv"],
                                             res["null_mean"], res["null_sd"]):
         ax.hist(snap, bins=res["bin_edges"], density=True, color=method_color("Euler-Maruyama"), alpha=0.45,
                 label="particles (Euler-Maruyama)")
         ax.plot(res["grid"], dens, color="#D55E00", label="Fokker-Planck solver")
-        ax.plot(res["grid"], res["gibbs_density"], color=method_color("exact"), ls="--", lw=1.2, label=r"Gibbs $e^{-U}/Z$")
-        ax.set_title(f"$t = {t:g}$   (TV {tv:.3f}; noise {m:.3f} ± {s:.3f})", fontsize=10)
+        ax.plot(res["grid"], res["gibbs_density"], color=method_color("exact"), ls="--", lw=1.2,
+                label=r"Gibbs $e^{-U}/Z$")
+        ax.set_title(f"$t = {t:g}$: TV {tv:.3f} (noise {m:.3f} ± {s:.3f})", fontsize=10)
+        ax.set_ylim(0, 2.0)
+    for ax in axes[-1]:
         ax.set_xlabel(r"$x$")
+    for ax in axes[:, 0]:
         ax.set_ylabel(r"$p(x, t)$")
-    axes.ravel()[0].legend(loc="upper left", fontsize=8)
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9)
     fig.suptitle("Density flow from a narrow start to the Gibbs density")
-    fig.tight_layout()
     return fig
 
 
@@ -509,7 +525,9 @@ def plot_mala(res: dict):
     """EM and MALA at one large step against Gibbs (densities and per-bin deviations); rejection rate against step."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+    fig = plt.figure(figsize=(7.5, 7.4), layout="constrained")
+    grid_spec = fig.add_gridspec(2, 2)
+    axes = [fig.add_subplot(grid_spec[0, :]), fig.add_subplot(grid_spec[1, 0]), fig.add_subplot(grid_spec[1, 1])]
     edges = DW_EDGES
     centres = 0.5 * (edges[1:] + edges[:-1])
     ax = axes[0]
@@ -522,9 +540,9 @@ def plot_mala(res: dict):
                 color=method_color(name), label=f"{name} histogram (TV {res['tv_' + key]:.3f})")
     ax.set_xlim(-2.2, 2.2)
     ax.set_xlabel(r"$x$")
-    ax.set_ylabel("density")
-    ax.set_title(f"step $h = {res['step_size']}$, both started from exact samples", fontsize=11)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylabel(r"density $p(x)$")
+    ax.set_title(f"Step $h = {res['step_size']}$, both started from exact samples")
+    ax.legend(loc="upper right", fontsize=9)
     ax = axes[1]
     probs = res["bin_probs"]
     n = len(res["em"])
@@ -534,23 +552,173 @@ def plot_mala(res: dict):
         counts, _ = np.histogram(res[key][:, 0], bins=edges)
         z = (counts / n - probs) / se
         ax.plot(centres[keep], z[keep], marker=marker, ms=3.5, lw=1, color=method_color(name), label=name)
-    ax.axhspan(-2, 2, color="0.6", alpha=0.3, label="±2 standard errors")
+    ax.axhspan(-2, 2, color="0.6", alpha=0.3, label="±2 SE")
     ax.set_xlabel(r"$x$ (bin centre)")
-    ax.set_ylabel("(histogram − exact) / standard error")
-    ax.set_title("deviation from Gibbs per bin", fontsize=11)
+    ax.set_ylabel("(histogram − exact) / SE")
+    ax.set_title("Deviation from Gibbs per bin", fontsize=11)
     ax.legend(loc="lower right", fontsize=8)
     ax = axes[2]
     steps, rates = res["acceptance_step_sizes"], res["acceptance_rates"]
     ax.loglog(steps, 1 - rates, marker="o", color=method_color("MALA"),
-              label=f"MALA, fitted slope {res['rejection_slope']:.2f} ($h \\leq 0.03$)")
+              label=f"MALA, slope {res['rejection_slope']:.2f}\n(fit for $h \\leq 0.03$)")
     ref = (1 - rates[0]) * (steps / steps[0]) ** 1.5
     ax.loglog(steps, ref, ls="--", color="0.4", label=r"$\propto h^{3/2}$")
     ax.set_xlabel("step size $h$")
-    ax.set_ylabel("rejection rate (1 − acceptance)")
-    ax.set_title("MALA's acceptance rate tends to 1 as $h \\to 0$", fontsize=11)
-    ax.legend(loc="upper left", fontsize=9)
-    fig.tight_layout()
+    ax.set_ylabel("rejection rate")
+    ax.set_title("MALA: rejections vanish as $h \\to 0$", fontsize=11)
+    ax.legend(loc="upper left", fontsize=8)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Animation: a point mass relaxing to the Gibbs density
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_dpi_animation_class():
+    """FuncAnimation with a frame dpi of its own (made on first use: matplotlib is imported lazily here)."""
+    from matplotlib.animation import FuncAnimation
+
+    class FixedDpiAnimation(FuncAnimation):
+        """A FuncAnimation whose ``save`` (and so ``to_jshtml``) defaults to ``frame_dpi``, not ``savefig.dpi``."""
+
+        frame_dpi = None
+
+        def save(self, filename, writer=None, fps=None, dpi=None, *args, **kwargs):
+            return super().save(filename, writer, fps, dpi if dpi is not None else self.frame_dpi, *args, **kwargs)
+
+        def to_jshtml(self, *args, **kwargs):
+            """matplotlib's player, with the first frame as the image's initial ``src``: the page shows a
+            picture even before (or without) JavaScript, and no ``<img>`` is left without a source."""
+            html = super().to_jshtml(*args, **kwargs)
+            first = re.search(r'frames\[0\] = "(data:image/[a-z]+;base64,[^"]*)"', html)
+            if first:
+                html = re.sub(r'<img id="(_anim_img[0-9a-f]+)">', lambda m: f'<img id="{m.group(1)}" src="{first.group(1)}">',
+                              html, count=1)
+            return html
+
+    return FixedDpiAnimation
+
+
+@one_cpu_thread()
+def animate_relaxation(
+    num_frames: int = 32,
+    num_particles: int = 10_000,
+    final_time: float = 4.0,
+    step_size: float = 0.004,
+    num_cells: int = 151,
+    start: float = 1.5,
+    seed: int = 0,
+    dpi: int = 72,
+    interval: int = 200,
+):
+    r"""Animate Langevin particles and the Fokker-Planck density relaxing from a point mass to Gibbs.
+
+    All ``num_particles`` particles start at ``x = start`` on the chapter's double well
+    :math:`U(x) = (x^2 - 1)^2 + x/2` and move by Euler-Maruyama steps of ``step_size``
+    (:func:`bdk.langevin.euler_maruyama`); beside them the finite-volume solution of the Fokker-Planck
+    equation :math:`\partial_t p = \partial_x (U' p + \partial_x p)` starts from all its mass in the cell at
+    ``start`` (:func:`bdk.langevin.fokker_planck_1d`). Each frame draws the particle histogram, the
+    solver's density and the stationary Gibbs density :math:`e^{-U}/Z`. The frame times are 0 and then
+    geometrically spaced up to ``final_time``, because the flow is fast at first (sliding into the right
+    well) and slow later (crossing the barrier). Introduced in the chapter "Langevin dynamics"
+    (``book/langevin.ipynb``), :cite:p:`risken1996fokker`.
+
+    The figure is closed before returning, so that a notebook shows only the animation; display it with
+    ``IPython.display.HTML(anim.to_jshtml())`` (no ffmpeg needed).
+
+    Args:
+        num_frames: number of frames (at least 2).
+        num_particles: Euler-Maruyama particles.
+        final_time: time of the last frame.
+        step_size: Euler-Maruyama time step (the frame times are rounded to multiples of it).
+        num_cells: finite-volume cells on ``[-2.5, 2.5]``.
+        start: the starting point, inside ``(-2.5, 2.5)``.
+        seed: seed of the particles' generator.
+        dpi: resolution of the saved frames, also in ``to_jshtml`` (the page embeds every frame as
+            a PNG: keep it small; 72 dpi gives about 45 kB a frame).
+        interval: milliseconds between frames when playing.
+
+    Returns:
+        A ``matplotlib.animation.FuncAnimation`` with ``num_frames`` frames; its attribute
+        ``frame_times`` holds the simulated time of every frame (NumPy array).
+
+    Raises:
+        ValueError: if ``num_frames < 2``, a size is not positive, or ``start`` is outside the grid.
+    """
+    import matplotlib.pyplot as plt
+
+    if int(num_frames) != num_frames or num_frames < 2:
+        raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}.")
+    for name, value in (("num_particles", num_particles), ("final_time", final_time),
+                        ("step_size", step_size), ("num_cells", num_cells), ("dpi", dpi)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}.")
+    if not -2.5 < start < 2.5:
+        raise ValueError(f"start must lie inside the grid (-2.5, 2.5), got {start!r}.")
+    num_frames = int(num_frames)
+    dw = double_well()
+    # frame times: 0, then geometric from final_time / 150 to final_time, rounded to the step size
+    times = np.concatenate([[0.0], np.geomspace(final_time / 150, final_time, num_frames - 1)])
+    steps = np.round(times / step_size).astype(int)
+    steps = np.maximum.accumulate(steps)
+    times = steps * step_size
+    # particles
+    gen = _generator(torch.device("cpu"), seed)
+    x = torch.full((int(num_particles), 1), float(start), dtype=torch.float64)
+    edges = np.linspace(-2.5, 2.5, 51)
+    histograms = []
+    done = 0
+    for k in steps:
+        if k > done:
+            x = L.euler_maruyama(dw, x, step_size, int(k - done), generator=gen)
+            done = int(k)
+        counts, _ = np.histogram(x[:, 0].numpy(), bins=edges)
+        histograms.append(counts / (len(x) * np.diff(edges)))
+    # Fokker-Planck solution from all mass in one cell
+    grid = torch.linspace(-2.5, 2.5, int(num_cells), dtype=torch.float64)
+    dx = float(grid[1] - grid[0])
+    p = torch.zeros_like(grid)
+    p[int(torch.argmin((grid - start).abs()))] = 1.0 / dx
+    dt = 0.9 * L.fokker_planck_max_dt(dw, grid)
+    densities, fp_done = [], 0
+    for t in times:
+        k = int(round(t / dt))
+        if k > fp_done:
+            p = L.fokker_planck_1d(dw, grid, p, dt, k - fp_done)
+            fp_done = k
+        densities.append(p.numpy().copy())
+    gibbs = dw.density(grid[:, None]).numpy()
+
+    fig, ax = plt.subplots(figsize=(6.6, 3.5), dpi=dpi)
+    bars = ax.stairs(histograms[0], edges, fill=True, color=method_color("Euler-Maruyama"), alpha=0.4,
+                     label=f"Euler-Maruyama particles ({int(num_particles):,})")
+    (line,) = ax.plot(grid.numpy(), densities[0], color="#D55E00", label="Fokker-Planck solution")
+    ax.plot(grid.numpy(), gibbs, color=method_color("exact"), ls="--", lw=1.4,
+            label=r"Gibbs $e^{-U}/Z$ (stationary)")
+    top = 2.0 * gibbs.max()
+    ax.set_ylim(0, top)
+    ax.set_xlim(-2.5, 2.5)
+    ax.set_xlabel(r"$x$")
+    ax.set_ylabel(r"density $p(x, t)$")
+    ax.legend(loc="upper left", fontsize=10)
+    title = ax.set_title("")
+
+    def draw(i):
+        bars.set_data(histograms[i])
+        line.set_ydata(densities[i])
+        note = "   (all mass at $x = %g$, off the scale)" % start if i == 0 else ""
+        title.set_text(f"$t = {times[i]:.3f}$" + note)
+        return bars, line, title
+
+    draw(0)
+    fig.tight_layout()
+    anim = _fixed_dpi_animation_class()(fig, draw, frames=num_frames, interval=interval, blit=False)
+    anim.frame_dpi = dpi
+    anim.frame_times = times
+    plt.close(fig)
+    return anim
 
 
 # ---------------------------------------------------------------------------------------------

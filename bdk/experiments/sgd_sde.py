@@ -192,7 +192,7 @@ def plot_quadratic(res: dict):
     Right: stationary variance against lr * h, measured, exact and SDE."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0))
+    fig, axes = plt.subplots(2, 1, figsize=(7.5, 7.2), layout="constrained")
     ax = axes[0]
     lr, h, sigma = res["histogram_lr"], res["curvature"], res["noise_std"]
     exact_var = sde.sgd_stationary_variance(h, lr, sigma)
@@ -205,9 +205,9 @@ def plot_quadratic(res: dict):
     ax.plot(x, np.exp(-x**2 / (2 * exact_var)) / math.sqrt(2 * math.pi * exact_var), color=method_color("exact"),
             label=r"exact: $\mathcal{N}(0,\ \eta\sigma^2 / (h(2 - \eta h)))$")
     ax.set_xlabel(r"$\theta$")
-    ax.set_ylabel("density")
-    ax.set_title(rf"$L = h\theta^2/2$, $h = {h:g}$, $\sigma = {sigma:g}$, $\eta = {lr:g}$")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set_ylabel(r"density $p(\theta)$")
+    ax.set_title(rf"Stationary law of SGD on $L = h\theta^2/2$ ($h = {h:g}$, $\sigma = {sigma:g}$, $\eta = {lr:g}$)")
+    ax.legend(loc="upper left", fontsize=9)
     ax = axes[1]
     eh = res["lrs"] * h
     grid = np.linspace(0.01, 1.95, 300)
@@ -220,9 +220,8 @@ def plot_quadratic(res: dict):
     ax.set_yscale("log")
     ax.set_xlabel(r"$\eta h$")
     ax.set_ylabel(r"stationary variance / $(T/h)$")
-    ax.set_title(r"where the continuous picture holds: $\eta h \ll 1$")
+    ax.set_title(r"Stationary variance: the SDE holds while $\eta h \ll 1$")
     ax.legend(loc="upper left")
-    fig.tight_layout()
     return fig
 
 
@@ -316,7 +315,7 @@ def plot_diffusion_flux(res: dict):
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlabel(r"position $x$ / stationary standard deviation")
     ax.set_ylabel("net fraction of iterates crossing $x$ per step")
-    ax.set_title(rf"probability flux through $x$ in one SGD step ($\eta = {res['lr']}$)")
+    ax.set_title(rf"Probability flux through $x$ in one SGD step ($\eta = {res['lr']}$)")
     ax.legend(loc="upper left", fontsize=8, ncol=2)
     return fig
 
@@ -360,7 +359,7 @@ def plot_equipartition(res: dict):
     """Left: Var(sqrt(h_i) theta_i) / T against lr * h_i. Right: Var(theta_i) when the noise covariance is c H."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0))
+    fig, axes = plt.subplots(2, 1, figsize=(7.5, 7.2), layout="constrained")
     eh = res["lr"] * res["curvatures"]
     rel_se = math.sqrt(2 / res["num_chains"])
     ax = axes[0]
@@ -372,7 +371,7 @@ def plot_equipartition(res: dict):
     ax.set_xscale("log")
     ax.set_xlabel(r"$\eta h_i$")
     ax.set_ylabel(r"$\mathrm{Var}(\sqrt{h_i}\,\theta_i)\,/\,T$")
-    ax.set_title("isotropic noise: each direction holds the same temperature", fontsize=11)
+    ax.set_title("Isotropic noise: each direction holds the same temperature")
     ax.legend(loc="upper left")
     ax = axes[1]
     level = res["lr"] * res["noise_scale"] / 2
@@ -383,9 +382,8 @@ def plot_equipartition(res: dict):
     ax.set_xscale("log")
     ax.set_xlabel(r"curvature $h_i$")
     ax.set_ylabel(r"$\mathrm{Var}(\theta_i)$")
-    ax.set_title(r"noise covariance $C = cH$: the same spread in every direction", fontsize=11)
+    ax.set_title(r"Noise covariance $C = cH$: the same spread in every direction")
     ax.legend(loc="upper left")
-    fig.tight_layout()
     return fig
 
 
@@ -430,10 +428,10 @@ def plot_two_temperatures(res: dict):
     """Contours of the best Gibbs density e^{-L/T} and of the exact stationary law over the SGD iterates."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 4.9), layout="constrained")
     hess = res["hessian"]
-    for ax, name, title in ((axes[0], "common", "one learning rate: two temperatures"),
-                            (axes[1], "per_parameter", r"rates $\eta_i = \eta'/\sigma_i^2$: one temperature")):
+    for ax, name, title in ((axes[0], "common", "One learning rate:\ntwo temperatures"),
+                            (axes[1], "per_parameter", "Rates $\\eta_i = \\eta'/\\sigma_i^2$:\none temperature")):
         r = res[name]
         s = r["exact_cov"]
         lim = 3.2 * math.sqrt(max(np.diag(s).max(), np.diag(r["gibbs_temperature"] * np.linalg.inv(hess)).max()))
@@ -441,23 +439,24 @@ def plot_two_temperatures(res: dict):
         x1, x2 = np.meshgrid(g, g, indexing="ij")
         pts = np.stack([x1, x2], -1)
         sub = r["samples"][:3000]
-        ax.scatter(sub[:, 0], sub[:, 1], s=3, alpha=0.25, color=method_color("SGD"), label="SGD iterates (3,000 of the chains)")
+        ax.scatter(sub[:, 0], sub[:, 1], s=3, alpha=0.25, color=method_color("SGD"),
+                   label="SGD iterates (3,000 chains)")
         for cov, color, ls, label in (
             (s, method_color("exact"), "-", "exact stationary law (discrete Lyapunov)"),
             (r["gibbs_temperature"] * np.linalg.inv(hess), "#D55E00", "--",
-             rf"closest Gibbs density $e^{{-L/T}}$, $T = {r['gibbs_temperature']:.3g}$"),
+             r"closest Gibbs density $e^{-L/T}$"),
         ):
             prec = np.linalg.inv(cov)
             q = np.einsum("...i,ij,...j->...", pts, prec, pts)
             ax.contour(x1, x2, q, levels=[1.0, 4.0, 9.0], colors=color, linestyles=ls, linewidths=1.4)
             ax.plot([], [], color=color, ls=ls, label=label)
         temps = ", ".join(f"{t:.3g}" for t in r["temperatures"])
-        ax.set_title(f"{title}\n" + rf"$T_i = \eta_i\sigma_i^2/2$ = ({temps}); KL to Gibbs {r['gibbs_kl']:.3f} nats", fontsize=10)
+        ax.set_title(f"{title}\n" + rf"$T_i$ = ({temps}); KL {r['gibbs_kl']:.3f} nats", fontsize=10)
         ax.set_xlabel(r"$\theta_1$")
         ax.set_ylabel(r"$\theta_2$")
         ax.set_aspect("equal")
-        ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=9, markerscale=3)
     return fig
 
 
@@ -545,31 +544,33 @@ def run_minibatch_regression(cfg: SGDSDEConfig) -> dict:
 
 
 def plot_minibatch_regression(res: dict):
-    """Side by side: the measured gradient-noise covariance, the predicted and the measured stationary covariance."""
+    """2x2 heat maps: the measured gradient-noise covariance, two predicted and the measured stationary covariance."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.0), layout="constrained")
+    fig, axes = plt.subplots(2, 2, figsize=(7.5, 8.0), layout="constrained")
     panels = (
-        (res["lr"] * res["noise_measured"], r"$\eta\,C$, with $C$ measured from minibatch gradients"),
-        (res["continuous"], r"predicted $S$: $HS + SH = \eta C$"),
-        (res["iterates"], f"measured $S$: SGD iterates ({res['num_chains']:,} chains)"),
+        (res["lr"] * res["noise_measured"], r"noise $\eta\,C$, measured"),
+        (res["iterates"], "$S$ measured (SGD chains)"),
+        (res["continuous"], r"$S$ predicted: $HS + SH = \eta C$"),
+        (res["exact"], "$S$ predicted: exact"),
     )
     scale = max(np.abs(p[0]).max() for p in panels[1:])
     names = res["feature_names"]
-    for j, (ax, (matrix, title)) in enumerate(zip(axes, panels)):
+    for j, (ax, (matrix, title)) in enumerate(zip(axes.ravel(), panels)):
         vmax = scale if j > 0 else np.abs(matrix).max()
         image = ax.imshow(matrix, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax))
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=90, fontsize=8)
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
         ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names, fontsize=8)
-        ax.set_xlabel("parameter")
-        ax.set_ylabel("parameter")
+        ax.set_yticklabels(names, fontsize=7)
         ax.grid(False)
-        fig.colorbar(image, ax=ax, shrink=0.75, label="covariance")
-    fig.suptitle(f"Minibatch SGD on Boston housing: learning rate {res['lr']}, batch size {res['batch_size']}")
+        if j == 0:
+            fig.colorbar(image, ax=ax, shrink=0.7, label=r"$\eta\,C$")
+    fig.colorbar(image, ax=axes[:, 1], shrink=0.6, label="stationary covariance $S$ (three panels)")
+    fig.suptitle(f"Minibatch SGD on Boston housing: covariances over the 14 parameters\n"
+                 f"(learning rate {res['lr']}, batch size {res['batch_size']})", fontsize=11)
     return fig
 
 
@@ -588,7 +589,8 @@ def plot_minibatch_scatter(res: dict):
                 label=f"{label} (error {100 * res['rel_error'][key]:.1f}%)")
     ax.set_xlabel("measured covariance entry (SGD iterates)")
     ax.set_ylabel("predicted covariance entry")
-    ax.set_title(f"every entry of $S$ (sampling noise of the measurement: {100 * res['iterates_rel_noise']:.1f}%)", fontsize=10)
+    ax.set_title(f"Every entry of $S$ (sampling noise of the measurement: "
+                 f"{100 * res['iterates_rel_noise']:.1f}%)", fontsize=10)
     ax.legend(loc="upper left", fontsize=9)
     return fig
 
