@@ -49,6 +49,10 @@ __all__ = [
     "plot_posterior_comparison",
     "plot_von_convergence",
     "summary_table",
+    "markdown_table",
+    "adaptive_table",
+    "von_report",
+    "optimizer_table",
 ]
 
 DTYPE = torch.float64
@@ -479,25 +483,95 @@ def von_vs_references(cfg: BLRConfig) -> dict:
     }
 
 
+def markdown_table(rows: list[dict], columns: list[str] | None = None, formats: dict | None = None) -> str:
+    """A Markdown table of ``rows`` (dicts with the same keys), for ``display(Markdown(...))``. Chapter 4.
+
+    Args:
+        rows: the table's rows; their keys are the column names.
+        columns: the columns to show, in order (default: all, in the first row's order).
+        formats: format specs per column, e.g. ``{"max |difference|": ".1e"}``; other floats get 4 digits.
+
+    Returns:
+        The table as Markdown text.
+    """
+    if not rows:
+        raise ValueError("rows is empty: there is nothing to tabulate.")
+    columns = list(rows[0]) if columns is None else list(columns)
+    formats = formats or {}
+
+    def escape(text):  # a "|" inside a cell would end the cell
+        return str(text).replace("|", "\\|")
+
+    def cell(key, value):
+        if isinstance(value, float):
+            return format(value, formats.get(key, ".4f"))
+        return escape(value)
+
+    lines = ["| " + " | ".join(map(escape, columns)) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(k, row[k]) for k in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def summary_table(res: dict) -> list[dict]:
     """Rows (one per method) of mean and covariance entries for :func:`von_vs_references`'s result."""
 
     def row(name, mean, cov, se_mean=None, se_cov=None):
         out = {"method": name, "m1": float(mean[0]), "m2": float(mean[1]),
-               "var1": float(cov[0, 0]), "cov12": float(cov[0, 1]), "var2": float(cov[1, 1])}
+               "Σ11": float(cov[0, 0]), "Σ12": float(cov[0, 1]), "Σ22": float(cov[1, 1])}
         if se_mean is not None:
-            out["m1"], out["m2"] = f"{out['m1']:.4f} ± {float(se_mean[0]):.4f}", f"{out['m2']:.4f} ± {float(se_mean[1]):.4f}"
-            for key, (i, j) in (("var1", (0, 0)), ("cov12", (0, 1)), ("var2", (1, 1))):
-                out[key] = f"{out[key]:.4f} ± {float(se_cov[i, j]):.4f}"
+            out["m1"], out["m2"] = (f"{out['m1']:.3f} ± {float(se_mean[0]):.3f}",
+                                    f"{out['m2']:.3f} ± {float(se_mean[1]):.3f}")
+            for key, (i, j) in (("Σ11", (0, 0)), ("Σ12", (0, 1)), ("Σ22", (1, 1))):
+                out[key] = f"{out[key]:.3f} ± {float(se_cov[i, j]):.3f}"
         return out
 
     return [
-        row("VON (Monte Carlo; ± 1 SE over chains)", res["von_mean"], res["von_covariance"], res["von_se_mean"], res["von_se_covariance"]),
-        row("BLR, quadrature expectations (fixed point)", res["blr_quadrature"].mean, res["blr_quadrature"].covariance()),
-        row("Gaussian VI optimum (L-BFGS on the objective)", res["vi"].mean, res["vi"].covariance()),
-        row("Laplace (Newton's fixed point)", res["laplace"].mean, res["laplace"].covariance()),
+        row("VON (Monte Carlo, ± 1 SE)", res["von_mean"], res["von_covariance"], res["von_se_mean"],
+            res["von_se_covariance"]),
+        row("BLR, quadrature", res["blr_quadrature"].mean, res["blr_quadrature"].covariance()),
+        row("Gaussian VI optimum", res["vi"].mean, res["vi"].covariance()),
+        row("Laplace", res["laplace"].mean, res["laplace"].covariance()),
         row("exact posterior (grid)", res["grid"]["mean"], res["grid"]["covariance"]),
     ]
+
+
+def adaptive_table(special: dict, cfg) -> list[dict]:
+    """Rows of the RMSprop/Adam comparison (BLR with the named choices against ``torch.optim``). Chapter 4."""
+    adaptive = special["adaptive"]
+    rows = [{"BLR variant": f"{k}'s choices", "compared with": f"torch.optim.{k}",
+             "steps": cfg.adaptive_steps, "max |diff|": adaptive[k]["max_abs_diff"]} for k in ("RMSprop", "Adam")]
+    rows.append({"BLR variant": "no square root, δ = λ/N for ε", "compared with": "torch.optim.Adam",
+                 "steps": cfg.adaptive_steps,
+                 "max |diff|": adaptive["BLR without square root vs Adam"]["max_abs_diff"]})
+    return rows
+
+
+def von_report(res: dict) -> str:
+    """VON against the Gaussian VI optimum in standard errors, and the other references. Chapter 4."""
+    vi, quad, lap, g = res["vi"], res["blr_quadrature"], res["laplace"], res["grid"]
+    dm = (res["von_mean"] - vi.mean) / res["von_se_mean"]
+    dc = ((res["von_covariance"] - vi.covariance()) / res["von_se_covariance"])[[0, 0, 1], [0, 1, 1]]
+    quad_diff = max((quad.mean - vi.mean).abs().max(), (quad.covariance() - vi.covariance()).abs().max())
+    ratio = (vi.covariance().diagonal() / g["covariance"].diagonal()).numpy().round(3)
+    return "\n".join([
+        "VON - VI optimum, in standard errors:",
+        f"  mean (m1, m2):                {dm.numpy().round(2)}",
+        f"  covariance (Σ11, Σ12, Σ22):   {dc.numpy().round(2)}",
+        f"BLR with quadrature vs VI optimum: max |diff| = {quad_diff:.1e}",
+        f"Laplace vs VI optimum: means differ by {(lap.mean - vi.mean).abs().max():.3f}",
+        f"VI optimum vs exact: means differ by {(vi.mean - g['mean']).abs().max():.4f}",
+        f"VI variances / exact variances: {ratio}",
+    ])
+
+
+def optimizer_table(res: dict) -> list[dict]:
+    """Rows comparing the ``VON`` optimizer's runs with the mean-field optimum. Chapter 4."""
+    mf = res["mean_field"]
+    values = zip(["m1", "m2", "precision 1", "precision 2"],
+                 torch.cat([res["mean"], res["precision"]]), torch.cat([res["se_mean"], res["se_precision"]]),
+                 torch.cat([mf.mean, mf.precision]))
+    return [{"quantity": name, f"VON ({res['num_runs']} runs)": float(v), "± 1 SE": float(se),
+             "mean-field optimum": float(t)} for name, v, se, t in values]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,7 +764,9 @@ def plot_special_cases(special: dict, grid: dict):
     """Gradient descent, Newton and VON side by side (see :func:`plot_special_case`)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(2, 2, figsize=(7.2, 6.8))
+    axes = axes.ravel()
+    axes[3].set_visible(False)
     for ax, key in zip(axes, _CASE_STYLE):
         plot_special_case(special, key, grid, ax=ax)
         ax.set_title(_CASE_STYLE[key][1])
@@ -700,27 +776,27 @@ def plot_special_cases(special: dict, grid: dict):
 
 
 def plot_adaptive(adaptive: dict, grid: dict):
-    """Left: trajectories of RMSprop, Adam and their BLR forms; right: per-step difference to the reference."""
+    """Top: trajectories of RMSprop, Adam and their BLR forms; bottom: per-step difference to the reference."""
     import matplotlib.pyplot as plt
 
     from ..plotting import method_color
 
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(7.0, 8.4), height_ratios=(1.35, 1.0))
     _posterior_background(ax0, grid)
     for key in ("RMSprop", "Adam"):
         color = method_color(key)
         ref, ours = adaptive[key]["reference"], adaptive[key]["blr"]
         ax0.plot(ref[:, 0], ref[:, 1], "-", color=color, lw=3, alpha=0.8, label=f"torch.optim.{key}")
         ax0.plot(ours[::5, 0], ours[::5, 1], "o", mfc="none", mec="k", ms=4, mew=0.8,
-                 label=f"BLR with {key}'s choices (every 5th step)")
+                 label=f"BLR, {key}'s choices (every 5th step)")
     nosqrt = adaptive["BLR without square root vs Adam"]["blr"]
     ax0.plot(nosqrt[:, 0], nosqrt[:, 1], "-", color="#D55E00", lw=1.2, label="BLR without the square root")
     ax0.plot(nosqrt[0, 0], nosqrt[0, 1], "ks", ms=6, label="start")
     _zoom(ax0, grid, (nosqrt,))
     ax0.set_xlabel(r"$\theta_1$")
     ax0.set_ylabel(r"$\theta_2$")
-    ax0.set_title("trajectories on the same minibatches")
-    ax0.legend(loc="upper right", fontsize=7)
+    ax0.set_title("Trajectories on the same minibatches (grey: exact posterior)")
+    ax0.legend(loc="upper right", fontsize=8)
     floor = 1e-18
     for key, label, color in (
         ("RMSprop", "BLR with RMSprop's choices vs RMSprop", method_color("RMSprop")),
@@ -729,10 +805,10 @@ def plot_adaptive(adaptive: dict, grid: dict):
     ):
         diff = adaptive[key]["diff"]
         ax1.semilogy(np.arange(len(diff)), np.maximum(diff, floor), color=color, label=label)
-    ax1.axhline(1e-6, color="0.4", ls="--", lw=1, label="1e-6")
+    ax1.axhline(1e-6, color="0.4", ls="--", lw=1, label="$10^{-6}$")
     ax1.set_xlabel("step")
     ax1.set_ylabel(r"$\max_i |\theta_i^{\mathrm{BLR}} - \theta_i^{\mathrm{torch}}|$")
-    ax1.set_title("difference per step (exact zeros drawn at 1e-18)")
+    ax1.set_title("Difference per step (exact zeros drawn at $10^{-18}$)")
     ax1.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     return fig
@@ -781,7 +857,7 @@ def plot_von_convergence(res: dict):
 
     from ..plotting import method_color
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.9))
+    fig, axes = plt.subplots(2, 1, figsize=(7.0, 6.6), sharex=True)
     vi_mean, vi_cov = res["vi"].mean.numpy(), res["vi"].covariance().numpy()
     for c, traj in enumerate(res["von_chains"]):
         m = traj["mean"].numpy()
@@ -798,8 +874,8 @@ def plot_von_convergence(res: dict):
         axes[1].axhline(vi_cov[i, i], color="#D55E00", ls=ls, lw=1.5, label=rf"VI optimum $\Sigma_{{{i + 1}{i + 1}}}$")
     axes[0].set_ylabel("mean")
     axes[1].set_ylabel("variance")
+    axes[1].set_xlabel("step + 1")
     for ax in axes:
-        ax.set_xlabel("step + 1")
         ax.set_xscale("log")
         ax.legend(fontsize=8, ncol=2)
     axes[0].set_title(f"VON mean, {len(res['von_chains'])} chains")
@@ -812,14 +888,14 @@ def plot_conjugate(conj: dict):
     """Distance of the natural parameters to the exact posterior's per step, and the prediction (1 - rho)^t."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
     dist, pred = conj["distance"], conj["predicted"]
     steps = np.arange(len(dist))
     ax.semilogy(steps, dist, "o", mfc="none", color="#0072B2", label="BLR iterates")
     ax.semilogy(steps, pred, "-", color="k", lw=1, label=r"$(1-\rho)^t \times$ initial distance")
     ax.set_xlabel("step $t$")
     ax.set_ylabel(r"$\max |\lambda_t - \lambda_{\mathrm{post}}|$")
-    ax.set_title("Bayesian linear regression: the BLR approaches the posterior geometrically")
+    ax.set_title("Bayesian linear regression: geometric approach to the posterior")
     ax.legend()
     return fig
 

@@ -48,6 +48,7 @@ __all__ = [
     "evaluate_probs",
     "run_classification",
     "classification_table",
+    "conjugate_table",
     "plot_reliability",
     "plot_samples_curve",
     "plot_training",
@@ -58,6 +59,7 @@ __all__ = [
     "train_ivon_logistic",
     "run_sensitivity",
     "plot_sensitivity",
+    "plot_influential_examples",
     "step_cost_ratios",
     "format_step_costs",
 ]
@@ -386,6 +388,17 @@ def run_classification(cfg: ClassificationConfig, device: str | torch.device | N
     return results
 
 
+def conjugate_table(conj: dict[str, Any]) -> str:
+    """A Markdown table of :func:`conjugate_check`: IVON's means and precisions against the exact ones. Chapter 5."""
+    rows = ["| weight | exact $\\mu_j$ | IVON mean | exact $P_{jj}$ | IVON $\\lambda(h_j+\\delta)$ "
+            "| $1/(P^{-1})_{jj}$ |", "|---|---|---|---|---|---|"]
+    for j in range(len(conj["exact_mean"])):
+        rows.append(f"| {j + 1} | {conj['exact_mean'][j]:.4f} | {conj['ivon_mean'][j]:.4f} ± {conj['mean_se'][j]:.4f} "
+                    f"| {conj['exact_precision'][j]:.1f} | {conj['ivon_precision'][j]:.1f} ± {conj['precision_se'][j]:.1f} "
+                    f"| {conj['marginal_precision'][j]:.1f} |")
+    return "\n".join(rows)
+
+
 def classification_table(results: dict[str, Any]) -> str:
     """A Markdown table of the metrics (mean over seeds, ± standard error with several seeds). Chapter 5."""
     num_seeds = len(next(iter(results["metrics"].values()))["accuracy"])
@@ -413,7 +426,7 @@ def plot_reliability(results_by_dataset: dict[str, dict], num_bins: int = 15):
     from ..plotting import method_color, reliability_diagram
 
     names = list(results_by_dataset)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 4.3), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
         for label, (conf, correct) in results_by_dataset[name]["reliability"].items():
             reliability_diagram(conf, correct, num_bins=num_bins, ax=ax, label=label,
@@ -421,9 +434,12 @@ def plot_reliability(results_by_dataset: dict[str, dict], num_bins: int = 15):
         for line in ax.get_lines():
             if line.get_label() == "IVON (mean)":
                 line.set_linestyle(":")
-        ax.set_title(f"{name}: reliability ({num_bins} bins)")
-        ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+        ax.set_title(f"{name} ({num_bins} bins)")
+        ax.legend().remove()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.suptitle("Reliability diagrams on the test sets")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
@@ -433,21 +449,22 @@ def plot_samples_curve(results_by_dataset: dict[str, dict]):
 
     from ..plotting import method_color
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.9))
     styles = ["-", "--", "-.", ":"]
     for (name, res), ls in zip(results_by_dataset.items(), styles):
         curve = res["samples_curve"]
         for ax, m in zip(axes, ("nll", "ece")):
-            ax.plot(curve["num_samples"], curve[m], marker="o", ls=ls, color=method_color("IVON"),
+            ax.plot(curve["num_samples"], curve[m], marker="o", ms=4, ls=ls, color=method_color("IVON"),
                     label=f"{name}: posterior predictive")
             ax.axhline(curve["mean"][m], ls=ls, color="0.45", lw=1.2, label=f"{name}: mean weights")
     for ax, m in zip(axes, ("test NLL (nats)", "test ECE")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("number of posterior samples $S$")
+        ax.set_xlabel("posterior samples $S$")
         ax.set_ylabel(m)
-        ax.set_title(f"IVON: {m.split(' (')[0]} against $S$")
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+        ax.set_title(f"IVON: {m.split(' (')[0][5:]} against $S$")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
@@ -458,15 +475,49 @@ def plot_training(results_by_dataset: dict[str, dict]):
     from ..plotting import method_color
 
     names = list(results_by_dataset)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         for method, hist in results_by_dataset[name]["history"].items():
             ax.plot(range(1, len(hist) + 1), hist, marker="o", ms=3, color=method_color(method), label=method)
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss (cross-entropy)")
-        ax.set_title(f"{name}: training loss" + " (IVON: at sampled weights)")
-        ax.legend()
+        ax.set_title(name)
+    axes[0, 0].set_ylabel("training loss (cross-entropy)")
+    axes[0, 0].legend()
+    fig.suptitle("Training loss per epoch (IVON: at sampled weights)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_influential_examples(x, y, res: dict[str, Any], cfg, num_shown: int = 6):
+    """The training images with the largest estimated influence $|v_i e_i|$ under IVON. Chapter 5.
+
+    Args:
+        x: the training inputs of :func:`sensitivity_data` (pooled pixels and a bias column).
+        y: their 0/1 labels.
+        res: the result of :func:`run_sensitivity`.
+        cfg: its configuration (for the digits and the pooling).
+        num_shown: how many images to show (in rows of three).
+
+    Returns:
+        The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    influence = np.abs(res["variance"] * res["error"])
+    top = np.argsort(influence)[::-1][:num_shown]
+    side = 28 // cfg.pool
+    rows = -(-num_shown // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(6.0, 2.5 * rows + 0.5), squeeze=False)
+    for ax in axes.flat[num_shown:]:
+        ax.set_visible(False)
+    for ax, i in zip(axes.flat, top):
+        ax.imshow(x[i, :-1].view(side, side).numpy(), cmap="gray_r")
+        label = cfg.digits[int(y[i])]
+        p = res["error"][i] + y[i].item()
+        ax.set_title(f"label {label}, p({cfg.digits[1]}) = {p:.2f}", fontsize=10)
+        ax.axis("off")
+    fig.suptitle("Training images with the largest estimated influence (IVON)")
     fig.tight_layout()
     return fig
 
@@ -747,7 +798,7 @@ def plot_sensitivity(res: dict[str, Any]):
 
     from ..plotting import method_color
 
-    fig, ax = plt.subplots(figsize=(5.4, 5.0))
+    fig, ax = plt.subplots(figsize=(6.0, 5.2))
     true = res["true"]
     ax.scatter(true, res["ivon"], s=22, color=method_color("IVON"),
                label=f"IVON (diagonal), r = {res['ivon_correlation']:.3f}")
@@ -759,7 +810,7 @@ def plot_sensitivity(res: dict[str, Any]):
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="0.5", lw=1, label="estimate = truth")
     ax.set_xlabel(r"change of the logit $f_i$ after retraining without $i$")
     ax.set_ylabel(r"estimate $v_i\, e_i$ (variance $\times$ error)")
-    ax.set_title(f"leave-one-out sensitivity, {len(true)} removed examples")
+    ax.set_title(f"Leave-one-out sensitivity, {len(true)} removed examples")
     ax.legend(loc="upper left", fontsize=8)
     return fig
 
@@ -898,15 +949,15 @@ def format_step_costs(res: dict[str, Any]) -> str:
         f"MLP 784-{'-'.join(map(str, res['hidden']))}-10, batch {res['batch_size']}, {res['device']}, "
         f"{res['num_threads']} thread(s), median of {res['repeats']} interleaved repeats",
         "",
-        "| method | ms per step (median) | relative to Adam | fastest repeat (ms) | relative to Adam |",
+        "| method | ms per step (median) | / Adam | fastest repeat (ms) | / Adam |",
         "|---|---|---|---|---|",
     ]
     for k, v in res["ms"].items():
         fast = res["ms_min"][k]
         lines.append(f"| {k} | {v:.2f} | {v / res['ms']['Adam']:.2f} | {fast:.2f} | {fast / res['ms_min']['Adam']:.2f} |")
     lines.append("")
-    lines.append(f"one normal_() draw of {res['num_params']:,} numbers (IVON's noise): {res['normal_ms']:.2f} ms; "
-                 f"IVON less that draw, relative to Adam: {res['ivon_without_normal_over_adam']:.2f}")
+    lines.append(f"One `normal_()` draw of {res['num_params']:,} numbers (IVON's noise): {res['normal_ms']:.2f} ms; "
+                 f"IVON less that draw, relative to Adam: {res['ivon_without_normal_over_adam']:.2f}.")
     return "\n".join(lines)
 
 
