@@ -50,3 +50,15 @@ def test_the_committed_cpu_run_has_every_measure():
             assert r["met"] == (r["value"] <= r["target"] if r["better"] == "lower" else r["value"] >= r["target"])
     assert result["date"] and result["machine"]
     bench.format_table(result)  # renders
+
+
+def test_cost_figure_draws_both_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = bench.cost_figure(_fake_result())
+    ax1, ax2 = fig.axes
+    assert ax1.get_xscale() == "log" and ax2.get_yscale() == "log"
+    assert [t.get_text() for t in ax1.get_legend().get_texts()] == ["SGLD ensemble", "student"]
+    assert list(ax1.lines[0].get_ydata()) == [0.25, 25.0]
+    matplotlib.pyplot.close(fig)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["run", "distillation_step_ratio", "sgld_noise_breakdown", "format_table"]
+__all__ = ["run", "distillation_step_ratio", "sgld_noise_breakdown", "format_table", "cost_figure"]
 
 
 def _sync(device: torch.device) -> None:
@@ -244,3 +244,26 @@ def format_table(result: dict[str, Any]) -> str:
     for n, v in result["raw"]["batch_scaling"].items():
         lines.append(f"| {n} | {v['ensemble_seconds']:.4f} | {v['student_seconds']:.4f} |")
     return "\n".join(lines)
+
+
+def cost_figure(result: dict[str, Any]):
+    """Two panels from one bench run: the ensemble's test-time cost against the number of samples
+    ``S`` (with the student's), and both costs against the number of inputs."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import COLORS
+
+    tt, batch = result["raw"]["test_time"], result["raw"]["batch_scaling"]
+    sizes = sorted(int(n) for n in batch)
+    per_size = [batch[str(n)] if str(n) in batch else batch[n] for n in sizes]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.5, 3.2))
+    ax1.loglog(tt["num_samples"], tt["seconds"], "o-", color=COLORS["SGLD"], label="SGLD ensemble")
+    ax1.axhline(tt["student_seconds"], color=COLORS["student"], ls="--", label="student")
+    ax1.set(xlabel="samples in the ensemble, $S$", ylabel="seconds for 10,000 inputs", title="Cost against $S$")
+    ax2.loglog(sizes, [v["ensemble_seconds"] for v in per_size], "o-", color=COLORS["SGLD"], label="ensemble, $S = 100$")
+    ax2.loglog(sizes, [v["student_seconds"] for v in per_size], "s--", color=COLORS["student"], label="student")
+    ax2.set(xlabel="inputs", ylabel="seconds", title="Cost against the number of inputs")
+    for ax in (ax1, ax2):
+        ax.legend()
+    fig.tight_layout()
+    return fig
