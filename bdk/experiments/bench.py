@@ -32,6 +32,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_interleaved(runners: dict[str, Any], repeats: int, steps_per_repeat: int, device,
+                     warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each runner, measured side by side.
+
+    Every runner is called ``warmup`` times first; then each of ``repeats`` rounds times
+    ``steps_per_repeat`` calls of every runner, in an order that rotates from round to round, so that
+    a machine that slows down or speeds up affects all of them alike. Returns one list of
+    per-call seconds (one entry per round) for each runner name.
+    """
+    device = torch.device(device)
+    names = list(runners)
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_repeat):
+                runners[k]()
+            _sync(device)
+            times[k].append((time.perf_counter() - t0) / steps_per_repeat)
+    return times
+
+
 def distillation_step_ratio(batch_size: int = 100, repeats: int = 15, steps_per_repeat: int = 10,
                             device=None) -> dict[str, Any]:
     """Time one Distilled-SGLD iteration (teacher SGLD step + student SGD step) against one SGLD step.
@@ -59,19 +85,8 @@ def distillation_step_ratio(batch_size: int = 100, repeats: int = 15, steps_per_
     sgld_only = make_distiller()
     sgld_only.burn_in = 10**12  # the same object, students never step: a plain SGLD step with the same overheads
 
-    timings: dict[str, list[float]] = {"distillation iteration": [], "SGLD step": []}
     runners = {"distillation iteration": distiller.step, "SGLD step": sgld_only.step}
-    for _ in range(3):
-        for run in runners.values():
-            run()
-    for _ in range(repeats):
-        for label, run in runners.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps_per_repeat):
-                run()
-            _sync(device)
-            timings[label].append((time.perf_counter() - t0) / steps_per_repeat)
+    timings = time_interleaved(runners, repeats, steps_per_repeat, device)
     med = {k: statistics.median(v) for k, v in timings.items()}
     return {"median_seconds": med, "distill_over_sgld": med["distillation iteration"] / med["SGLD step"],
             "device": str(device)}
@@ -89,50 +104,20 @@ def sgld_noise_breakdown(sizes=(784, 400, 400, 10), batch_size: int = 100, repea
     much of the SGLD/SGD gap is the draw.
     """
     from .._runtime import get_device
-    from ..samplers import SGLD, neg_log_posterior
-    from .sgld import make_mlp
+    from ..samplers import SGLD
+    from .sgld import MlpStepBench
 
     device = torch.device(device) if device is not None else get_device()
-    torch.manual_seed(0)
-    x = torch.rand(batch_size, sizes[0], device=device)
-    y = torch.randint(0, sizes[-1], (batch_size,), device=device)
-    num_data = 60_000
-    base = make_mlp(sizes).to(device)
-
-    def runner(make_opt, mean_loss):
-        m = make_mlp(sizes).to(device)
-        m.load_state_dict(base.state_dict())
-        opt = make_opt(m.parameters())
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            u = neg_log_posterior(m, x, y, num_data, 1.0)
-            (u / num_data if mean_loss else u).backward()
-            opt.step()
-
-        return step, opt
-
+    mlp = MlpStepBench(sizes, batch_size, device)
     runners = {}
-    runners["SGD"], _ = runner(lambda p: torch.optim.SGD(p, lr=1e-3), True)
-    runners["SGLD"], sgld = runner(lambda p: SGLD(p, lr=1e-8), False)
-    runners["SGLD, T=0"], _ = runner(lambda p: SGLD(p, lr=1e-8, temperature=0.0), False)
-    num_params = sum(p.numel() for p in base.parameters())
+    runners["SGD"], _ = mlp.step_fn(lambda p: torch.optim.SGD(p, lr=1e-3), mean_loss=True)
+    runners["SGLD"], sgld = mlp.step_fn(lambda p: SGLD(p, lr=1e-8), mean_loss=False)
+    runners["SGLD, T=0"], _ = mlp.step_fn(lambda p: SGLD(p, lr=1e-8, temperature=0.0), mean_loss=False)
+    num_params = sum(p.numel() for p in mlp.base.parameters())
     flat = torch.empty(num_params, device=device)
     runners["Gaussian draw (SGLD's generator)"] = lambda: sgld._noise.fill_(flat, 1.0)
     runners["Gaussian draw (plain normal_)"] = lambda: flat.normal_()
-    names = list(runners)
-    for f in runners.values():  # warm-up
-        for _ in range(3):
-            f()
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps_per_repeat):
-                runners[k]()
-            _sync(device)
-            times[k].append((time.perf_counter() - t0) / steps_per_repeat)
+    times = time_interleaved(runners, repeats, steps_per_repeat, device)
     med = {k: statistics.median(v) for k, v in times.items()}
     sgd = med["SGD"]
     return {

@@ -18,6 +18,7 @@ Each experiment has one frozen configuration per profile and is registered for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -894,32 +895,14 @@ def step_cost_ratios(
                 F.cross_entropy(model(x), y).backward()
             opt.step()
 
-        def sync():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+        from .bench import time_interleaved
 
-        for model, opt, sampled in setups.values():
-            for _ in range(warmup):
-                one_step(model, opt, sampled)
-        names = list(setups)
-        times = {k: [] for k in names}
         num_params = sum(p.numel() for p in setups["IVON"][0].parameters())
         noise = torch.empty(num_params, device=device)
-        normal_times = []
-        for r in range(repeats):
-            for k in names[r % len(names):] + names[: r % len(names)]:
-                model, opt, sampled = setups[k]
-                sync()
-                t0 = time.perf_counter()
-                for _ in range(steps_per_repeat):
-                    one_step(model, opt, sampled)
-                sync()
-                times[k].append((time.perf_counter() - t0) / steps_per_repeat)
-            sync()
-            t0 = time.perf_counter()
-            noise.normal_()
-            sync()
-            normal_times.append(time.perf_counter() - t0)
+        runners = {k: functools.partial(one_step, *setup) for k, setup in setups.items()}
+        runners["normal_"] = noise.normal_  # one N(0, 1) draw of every weight, as IVON makes per step
+        times = time_interleaved(runners, repeats, steps_per_repeat, device, warmup=warmup)
+        normal_times = times.pop("normal_")
         ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
         ms_min = {k: 1e3 * min(v) for k, v in times.items()}
         return {

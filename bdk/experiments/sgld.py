@@ -19,6 +19,7 @@ Every sampler follows the book's one scaling convention (``book/conventions.md``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -781,9 +782,40 @@ def run_mnist(cfg: MnistConfig, device=None, progress: bool = True) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class MlpStepBench:
+    """A fixed minibatch and one initial MLP, for timing optimiser steps side by side.
+
+    ``torch.manual_seed(0)``, then random inputs ``x`` (``batch_size`` x ``sizes[0]``) in [0, 1),
+    random labels ``y`` and the initial network ``base`` (:func:`make_mlp`); ``num_data`` = 60,000
+    (MNIST's training set) scales the potential.
+    """
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, device, num_data: int = 60_000):
+        self.sizes, self.device, self.num_data = tuple(sizes), torch.device(device), num_data
+        torch.manual_seed(0)
+        self.x = torch.rand(batch_size, self.sizes[0], device=self.device)
+        self.y = torch.randint(0, self.sizes[-1], (batch_size,), device=self.device)
+        self.base = make_mlp(self.sizes).to(self.device)
+
+    def fresh(self) -> nn.Module:
+        """A copy of ``base`` (every optimiser starts from the same weights)."""
+        m = make_mlp(self.sizes).to(self.device)
+        m.load_state_dict(self.base.state_dict())
+        return m
+
+    def step_fn(self, make_opt, mean_loss: bool):
+        """``(step, optimizer)``: ``step()`` is zero_grad, the potential of the minibatch (divided by
+        ``num_data`` when ``mean_loss``, as ``torch.optim`` optimisers expect), backward and ``step``."""
+        m = self.fresh()
+        opt = make_opt(m.parameters())
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            u = neg_log_posterior(m, self.x, self.y, self.num_data, 1.0)
+            (u / self.num_data if mean_loss else u).backward()
+            opt.step()
+
+        return step, opt
 
 
 def step_cost_ratios(
@@ -802,36 +834,17 @@ def step_cost_ratios(
     the result is the median time per step over the repeats and the ratios SGLD/SGD and
     pSGLD/RMSprop (the design targets: SGLD/SGD <= 1.10).
     """
+    from .bench import time_interleaved
+
     device = _device(device)
-    torch.manual_seed(0)
-    x = torch.rand(batch_size, sizes[0], device=device)
-    y = torch.randint(0, sizes[-1], (batch_size,), device=device)
-    num_data = 60_000
-    base = make_mlp(sizes).to(device)
-
-    def fresh():
-        m = make_mlp(sizes).to(device)
-        m.load_state_dict(base.state_dict())
-        return m
-
+    mlp = MlpStepBench(sizes, batch_size, device)
+    x, y, num_data = mlp.x, mlp.y, mlp.num_data
     runners = {}
-
-    def torch_runner(make_opt, mean_loss):
-        m = fresh()
-        opt = make_opt(m.parameters())
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            u = neg_log_posterior(m, x, y, num_data, 1.0)
-            (u / num_data if mean_loss else u).backward()
-            opt.step()
-
-        return step
-
-    runners["SGD"] = torch_runner(lambda p: torch.optim.SGD(p, lr=1e-3), True)
-    runners["SGLD"] = torch_runner(lambda p: SGLD(p, lr=1e-8), False)
-    runners["RMSprop"] = torch_runner(lambda p: torch.optim.RMSprop(p, lr=1e-5, alpha=0.99, eps=1e-5), True)
-    runners["pSGLD"] = torch_runner(lambda p: pSGLD(p, lr=1e-10, num_data=num_data), False)
+    runners["SGD"], _ = mlp.step_fn(lambda p: torch.optim.SGD(p, lr=1e-3), mean_loss=True)
+    runners["SGLD"], _ = mlp.step_fn(lambda p: SGLD(p, lr=1e-8), mean_loss=False)
+    runners["RMSprop"], _ = mlp.step_fn(lambda p: torch.optim.RMSprop(p, lr=1e-5, alpha=0.99, eps=1e-5),
+                                        mean_loss=True)
+    runners["pSGLD"], _ = mlp.step_fn(lambda p: pSGLD(p, lr=1e-10, num_data=num_data), mean_loss=False)
     if include_posteriors:
         try:
             import warnings
@@ -843,7 +856,7 @@ def step_cost_ratios(
         except ImportError:
             post_sgld = None
         if post_sgld is not None:
-            m = fresh()
+            m = mlp.fresh()
             params = {k: v.detach().clone() for k, v in m.named_parameters()}
 
             def log_post(p, batch):
@@ -860,20 +873,7 @@ def step_cost_ratios(
                 state, _ = transform.update(state, (x, y), inplace=True)
 
             runners["posteriors SGLD"] = post_step
-    names = list(runners)
-    for f in runners.values():  # warm-up
-        for _ in range(3):
-            f()
-    times = {k: [] for k in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for k in order:
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(steps_per_repeat):
-                runners[k]()
-            _sync(device)
-            times[k].append((time.perf_counter() - start) / steps_per_repeat)
+    times = time_interleaved(runners, repeats, steps_per_repeat, device)
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "median_seconds": med,
@@ -925,14 +925,11 @@ def predictive_speedup(
         max_diff = max(max_diff, (store.forward_all(x, method=method, chunk_size=chunk) - ref).abs().max().item())
     scale = ref.abs().max().item()
     del ref
-    times = {label: [] for label, _, _ in variants}
-    for r in range(repeats):
-        for label, method, chunk in variants[r % len(variants):] + variants[: r % len(variants)]:
-            _sync(device)
-            start = time.perf_counter()
-            store.forward_all(x, method=method, chunk_size=chunk)
-            _sync(device)
-            times[label].append(time.perf_counter() - start)
+    from .bench import time_interleaved
+
+    runners = {label: functools.partial(store.forward_all, x, method=method, chunk_size=chunk)
+               for label, method, chunk in variants}
+    times = time_interleaved(runners, repeats, 1, device, warmup=0)  # warmed up by the agreement check
     med = {label: statistics.median(v) for label, v in times.items()}
     return {
         "median_seconds": med,
