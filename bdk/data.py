@@ -373,10 +373,14 @@ def _load_idx_set_cached(spec: _IdxSpec, key: tuple) -> tuple:
     return arrays, status
 
 
+def _idx_key(paths: dict[str, Path]) -> tuple:
+    """(name, path, mtime, size) of each file: the cache key, so a replaced file is read again."""
+    return tuple(sorted((k, str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for k, p in paths.items()))
+
+
 def _load_idx_set(spec: _IdxSpec, paths: dict[str, Path]) -> tuple[dict[str, np.ndarray], str]:
     """Read and verify the four files (cached per process); warn if no known checksum matched."""
-    key = tuple(sorted((k, str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for k, p in paths.items()))
-    arrays, status = _load_idx_set_cached(spec, key)
+    arrays, status = _load_idx_set_cached(spec, _idx_key(paths))
     if not status.startswith("verified"):
         warnings.warn(f"{spec.name}: {status}.", stacklevel=3)
     return arrays, status
@@ -399,8 +403,7 @@ def _verify_download(spec: _IdxSpec, root: Path) -> dict[str, Path]:
     paths = _find_idx_files(spec, root)
     if paths is None:
         raise FileNotFoundError(f"the {spec.name} download finished but its IDX files are not in {root}.")
-    key = tuple(sorted((k, str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for k, p in paths.items()))
-    _, status = _load_idx_set_cached(spec, key)
+    _, status = _load_idx_set_cached(spec, _idx_key(paths))
     if not status.startswith("verified"):
         raise ValueError(f"downloaded {spec.name} files failed their checksum: {status}. Delete them and retry.")
     return paths

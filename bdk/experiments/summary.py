@@ -165,14 +165,14 @@ def reproduction_table(profile: str | None = None, verbose: bool = False) -> str
     def pair(a: float, b: float, digits: int) -> str:
         return f"{a:.{digits}f} / {b:.{digits}f}"
 
-    err, ll = mnist["summary"], mnist["summary"]
+    ours = mnist["summary"]
     rows = [
         ["Table 2: toy classification, KL to HMC", pair(paper["toy"]["SGLD"], paper["toy"]["Distilled 2-10-2"], 3),
          pair(toy["kl"]["SGLD"], toy["kl"]["Distilled 2-10-2"], 3), toy_setting],
         ["Table 3: MNIST, test error %", pair(paper["error"]["SGLD"], paper["error"]["Distilled SGLD"], 3),
-         pair(err["SGLD"]["error"][0], err["Distilled SGLD"]["error"][0], 2), mnist_setting],
+         pair(ours["SGLD"]["error"][0], ours["Distilled SGLD"]["error"][0], 2), mnist_setting],
         ["Table 4: MNIST, test log-lik.", pair(paper["loglik"]["SGLD"], paper["loglik"]["Distilled SGLD"], 4),
-         pair(ll["SGLD"]["log_lik"][0], ll["Distilled SGLD"]["log_lik"][0], 4), "as above"],
+         pair(ours["SGLD"]["log_lik"][0], ours["Distilled SGLD"]["log_lik"][0], 4), "as above"],
         ["Table 5: Boston, test log-lik.", pair(paper["boston"]["SGLD"], paper["boston"]["SGLD distilled"], 3),
          pair(boston["summary"]["SGLD"][0], boston["summary"]["SGLD distilled"][0], 3), boston_setting],
     ]
