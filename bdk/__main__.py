@@ -66,7 +66,8 @@ def _distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
-def _reproduce_one(name: str, args, rank: int, world: int) -> dict:
+def _reproduce_one(name: str, args, rank: int, world: int) -> tuple[dict, dict | None]:
+    """The results of one experiment and the provenance of the run that computed them."""
     from .experiments import registry
 
     experiment = registry.get(name)
@@ -81,21 +82,22 @@ def _reproduce_one(name: str, args, rank: int, world: int) -> dict:
             raise SystemExit(f"--chains {chains} must equal the number of torchrun processes ({world}).")
         mine = [rank] if world > 1 else list(range(chains))
         local = [registry.run_experiment(name, args.profile, overrides={**sets, "seed": base.seed + k}, force=args.force,
-                                         verbose=rank == 0, checkpoint_every=every) for k in mine]
+                                         verbose=rank == 0, checkpoint_every=every, with_provenance=True) for k in mine]
         if world > 1:
             import torch.distributed as dist
 
             gathered = [None] * world if rank == 0 else None
             dist.gather_object(local[0], gathered, dst=0)
-            runs = gathered
-        else:
-            runs = local
+            local = gathered
         if rank != 0:
-            return {}
+            return {}, None
+        runs, provs = [r for r, _ in local], [p for _, p in local]
+        prov = {"chains": provs}
         if experiment.combine is None:
-            return {"chains": runs}
-        return experiment.combine(runs)
-    return registry.run_experiment(name, args.profile, overrides=sets, force=args.force, checkpoint_every=every)
+            return {"chains": runs}, prov
+        return experiment.combine(runs), prov
+    return registry.run_experiment(name, args.profile, overrides=sets, force=args.force, checkpoint_every=every,
+                                   with_provenance=True)
 
 
 def _parse_sets(items: list[str], config) -> dict:
@@ -166,9 +168,11 @@ def _check_data(todo: list[str], profile: str, overrides: dict | None = None) ->
     return None
 
 
-def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: bool = False) -> bool:
-    """Write results.json, the figures and summary.md into ``out/name``; return False if they were
-    already there for exactly these results (then nothing is rendered again and the summary is printed)."""
+def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: bool = False,
+                   prov: dict | None = None) -> bool:
+    """Write results.json (the results and their provenance), the figures and summary.md into
+    ``out/name``; return False if the figures and summary were already there for exactly these
+    results (then they are not rendered again and the summary is printed)."""
     import hashlib
 
     from .experiments import registry
@@ -178,6 +182,8 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: b
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(results), indent=1)
     digest = hashlib.sha256(text.encode()).hexdigest()
+    payload = json.dumps({"provenance": prov, "results": to_jsonable(results)}, indent=1)
+    (folder / "results.json").write_text(payload)
     stamp = folder / ".outputs.json"
     if not force and stamp.is_file():
         try:
@@ -192,7 +198,6 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: b
             return False
     stamp.unlink(missing_ok=True)
     written = ["results.json", "summary.md"]
-    (folder / "results.json").write_text(text)
     per_run = results["chains"] if experiment.combine is None and "chains" in results else [results]
     suffixes = [f"-chain{k}" for k in range(len(per_run))] if len(per_run) > 1 else [""]
     summaries = []
@@ -216,6 +221,19 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: b
     if summary:
         print(summary)
     return True
+
+
+def _record(name: str, results: dict, prov: dict | None, args) -> None:
+    """``--record``: write ``data/records/NAME[.LABEL].json`` (bdk.provenance.write_record)."""
+    from .experiments import registry
+    from .provenance import describe_path_in_repo, write_record
+
+    if prov is None or "chains" in prov:
+        raise SystemExit(f"reproduce: {name}: --record needs one run whose provenance is known; run it with "
+                         "--force (a cache entry written before provenance was kept has none), without --chains.")
+    recorded = registry.get(name).record
+    path = write_record(name, recorded(results) if recorded is not None else results, prov, args.record or None)
+    print(f"{name}: recorded -> {describe_path_in_repo(path)} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
 def _cmd_reproduce(args) -> int:
@@ -249,6 +267,20 @@ def _cmd_reproduce(args) -> int:
         print(f"reproduce: {args.name} does not checkpoint; --checkpoint-every applies to "
               f"{', '.join(registry.checkpointing_names())}.", file=sys.stderr)
         return 2
+    if args.record is not None and args.name == "all":
+        print("reproduce: --record writes one experiment's record; name the experiment instead of 'all'.", file=sys.stderr)
+        return 2
+    if args.record is not None and args.chains > 1:
+        print("reproduce: --record records one run; drop --chains.", file=sys.stderr)
+        return 2
+    if args.record:
+        from .provenance import record_path
+
+        try:
+            record_path(args.name, args.record)
+        except ValueError as err:
+            print(f"reproduce: --record {args.record!r}: {err}", file=sys.stderr)
+            return 2
     args.overrides = {}
     if args.set:
         if args.name == "all":
@@ -269,15 +301,17 @@ def _cmd_reproduce(args) -> int:
     for name in todo:
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
-            results = _reproduce_one(name, args, rank, world)
+            results, prov = _reproduce_one(name, args, rank, world)
         except FileNotFoundError as err:  # data the experiment needs (the message says where to put it)
             print(f"reproduce: {name} (profile {_runtime.profile()}) stopped, data missing: {err}", file=sys.stderr)
             return 1
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         if rank == 0:
             written = time.perf_counter()
-            fresh = _write_outputs(name, results, out, seconds, force=args.force)
+            fresh = _write_outputs(name, results, out, seconds, force=args.force, prov=prov)
             written = time.perf_counter() - written
+            if args.record is not None:
+                _record(name, results, prov, args)
             # CPU time beside the wall time: on a shared machine the wall time alone says little
             if fresh:
                 print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); results, figures and summary written "
@@ -326,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                      help="checkpoint the long loops every N iterations (experiments with checkpoints; a killed "
                           "run given the same command resumes; the numbers and the cache key do not change)")
+    rep.add_argument("--record", nargs="?", const="", default=None, metavar="LABEL",
+                     help="also write the results with their provenance to data/records/NAME.json (or "
+                          "NAME.LABEL.json), the record a chapter shows beside the paper's numbers")
     rep.set_defaults(func=_cmd_reproduce)
     ben = sub.add_parser("bench", help="measure step-cost ratios side by side and write them as JSON")
     ben.add_argument("--out", default="runs/bench.json")

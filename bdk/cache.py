@@ -75,6 +75,9 @@ def load_or_run(
     directory: str | os.PathLike | None = None,
     force: bool = False,
     verbose: bool = True,
+    profile: str | None = None,
+    overrides: dict | None = None,
+    with_provenance: bool = False,
 ) -> Any:
     """Return ``fn(config)``, computed once per configuration and cached on disk.
 
@@ -89,7 +92,14 @@ def load_or_run(
         directory: where to cache; by default :func:`cache_dir`.
         force: recompute even if a cached result exists.
         verbose: say whether the result was loaded or computed, and how long it took.
+        profile, overrides: where the configuration came from, stored in the provenance.
+        with_provenance: return ``(result, provenance)``: the provenance of the run that computed
+            the result (``bdk.provenance.provenance``: configuration, commit, versions, device,
+            date, wall and CPU time), stored in the cache beside it, with ``"from_cache": True``
+            when it was loaded (``None`` for a cache file written before provenance was kept).
     """
+    from .provenance import Timer, provenance
+
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"name must be a non-empty file-name-safe string, got {name!r}.")
     folder = Path(directory) if directory is not None else cache_dir()
@@ -104,14 +114,18 @@ def load_or_run(
             if verbose:
                 print(f"{name}: loaded cached result (computed in {stored['seconds']:.1f} s)\n"
                       f"  {describe_path(path)}")
-            return stored["result"]
-    start = time.perf_counter()
-    result = fn(config)
-    seconds = time.perf_counter() - start
-    atomic_save({"config": config_dict(config), "result": result, "seconds": seconds}, path)
+            prov = stored.get("provenance")
+            if prov is not None:
+                prov = {**prov, "from_cache": True}
+            return (stored["result"], prov) if with_provenance else stored["result"]
+    with Timer() as timer:
+        result = fn(config)
+    seconds = timer.wall
+    prov = provenance(config, profile=profile, overrides=overrides, wall_seconds=timer.wall, cpu_seconds=timer.cpu)
+    atomic_save({"config": config_dict(config), "result": result, "seconds": seconds, "provenance": prov}, path)
     if verbose:
         print(f"{name}: ran in {seconds:.1f} s; result cached as\n  {describe_path(path)}")
-    return result
+    return (result, {**prov, "from_cache": False}) if with_provenance else result
 
 
 class Checkpointer:

@@ -20,7 +20,7 @@ from typing import Any, Mapping, TypeVar
 
 from ._runtime import PROFILES, profile as current_profile
 
-__all__ = ["select", "config_hash", "config_dict"]
+__all__ = ["select", "describe", "config_hash", "config_dict"]
 
 T = TypeVar("T")
 
@@ -61,12 +61,20 @@ def select(configs: Mapping[str, T], profile: str | None = None, verbose: bool =
         raise ValueError(f"no configuration for profile {name!r}; this experiment defines {sorted(configs)}.")
     config = configs[name]
     if verbose:
-        print(f"profile {name}: {type(config).__name__}" + "".join(_field_lines(config, "    ")))
+        print(describe(config, name))
     return config
 
 
-def _field_lines(config: Any, indent: str) -> list[str]:
-    """One line per field; a nested configuration gets its own indented block."""
+def describe(config: Any, profile: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """The configuration as it runs, one field per line; fields changed by ``overrides`` are marked."""
+    head = f"profile {profile}: {type(config).__name__}"
+    if overrides:
+        head += f" ({len(overrides)} field{'s' if len(overrides) > 1 else ''} set: {', '.join(overrides)})"
+    return head + "".join(_field_lines(config, "    ", set(overrides or ())))
+
+
+def _field_lines(config: Any, indent: str, marked: set = frozenset()) -> list[str]:
+    """One line per field; a nested configuration gets its own indented block; ``marked`` fields say ``(set)``."""
     lines = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -74,5 +82,5 @@ def _field_lines(config: Any, indent: str) -> list[str]:
             lines.append(f"\n{indent}{f.name}: {type(value).__name__}")
             lines += _field_lines(value, indent + "    ")
         else:
-            lines.append(f"\n{indent}{f.name} = {value!r}")
+            lines.append(f"\n{indent}{f.name} = {value!r}" + ("   (set)" if f.name in marked else ""))
     return lines

@@ -43,6 +43,8 @@ class Experiment:
         figures: optional; turns the results into ``{file_stem: matplotlib Figure}``.
         combine: optional; merges the results of several seeds or chains (``--chains K``) into one
             dict (for example pooled samples and R-hat across chains).
+        record: optional; the part of the results that ``--record`` keeps in ``data/records/``
+            (for example a long loss curve thinned to a few hundred points); default: all of it.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Experiment:
     summary: Callable[[dict], str] | None = None
     figures: Callable[[dict], dict] | None = None
     combine: Callable[[list], dict] | None = None
+    record: Callable[[dict], dict] | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -97,7 +100,8 @@ def select_config(experiment: Experiment, profile: str | None = None) -> Any:
 
 
 def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str, Any] | None = None,
-                   force: bool = False, verbose: bool = True, checkpoint_every: int | None = None) -> dict:
+                   force: bool = False, verbose: bool = True, checkpoint_every: int | None = None,
+                   with_provenance: bool = False):
     """Run (or load from the cache) the experiment ``name`` in a profile; return its results.
 
     Args:
@@ -110,27 +114,35 @@ def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str
             configuration has a ``checkpoint_every`` field (the others do not checkpoint). How often a
             run checkpoints does not change its numbers (a resumed run restores every random number
             generator), so this setting is not part of the cache key.
+        with_provenance: return ``(results, provenance)`` (``bdk.provenance.provenance`` of the run
+            that computed them: the configuration as run, commit, versions, device, date, times).
 
     Raises:
         KeyError: for an unknown name.
         ValueError: when ``checkpoint_every`` is not a positive integer or the experiment cannot checkpoint.
     """
+    from .._runtime import profile as active_profile
     from ..cache import load_or_run
-    from ..config import select
+    from ..config import describe, select
 
     experiment = get(name)
-    config = select(experiment.configs, profile=profile, verbose=verbose)
+    profile = active_profile() if profile is None else profile
+    config = select(experiment.configs, profile=profile, verbose=False)
+    overrides = dict(overrides or {})
     if overrides:
         config = dataclasses.replace(config, **overrides)
+    if verbose:  # what actually runs: the overrides applied, and marked
+        print(describe(config, profile, overrides))
+    cache = dict(force=force, verbose=verbose, profile=profile, overrides=overrides, with_provenance=with_provenance)
     if checkpoint_every is None:
-        return load_or_run(name, config, experiment.run, force=force, verbose=verbose)
+        return load_or_run(name, config, experiment.run, **cache)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}.")
     if not supports_checkpoints(experiment):
         raise ValueError(f"{name} does not checkpoint; experiments that do: {', '.join(checkpointing_names())}.")
     # cached under the configuration as given; run with the checkpoint frequency replaced
     run_config = dataclasses.replace(config, checkpoint_every=checkpoint_every)
-    return load_or_run(name, config, lambda _config: experiment.run(run_config), force=force, verbose=verbose)
+    return load_or_run(name, config, lambda _config: experiment.run(run_config), **cache)
 
 
 def supports_checkpoints(experiment: Experiment) -> bool:

