@@ -98,7 +98,7 @@ def load_or_run(
             date, wall and CPU time), stored in the cache beside it, with ``"from_cache": True``
             when it was loaded (``None`` for a cache file written before provenance was kept).
     """
-    from .provenance import Timer, provenance
+    from .provenance import Timer, git_state, provenance, utc_now
 
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"name must be a non-empty file-name-safe string, got {name!r}.")
@@ -118,10 +118,12 @@ def load_or_run(
             if prov is not None:
                 prov = {**prov, "from_cache": True}
             return (stored["result"], prov) if with_provenance else stored["result"]
+    git, started = git_state(), utc_now()
     with Timer() as timer:
         result = fn(config)
     seconds = timer.wall
-    prov = provenance(config, profile=profile, overrides=overrides, wall_seconds=timer.wall, cpu_seconds=timer.cpu)
+    prov = provenance(config, profile=profile, overrides=overrides, wall_seconds=timer.wall, cpu_seconds=timer.cpu,
+                      git=git, started=started)
     atomic_save({"config": config_dict(config), "result": result, "seconds": seconds, "provenance": prov}, path)
     if verbose:
         print(f"{name}: ran in {seconds:.1f} s; result cached as\n  {describe_path(path)}")

@@ -51,6 +51,9 @@ __all__ = [
     "Student",
     "EnsembleAverage",
     "Distiller",
+    "StackedDistiller",
+    "stacked_noise_inputs",
+    "mlp_init_flat",
     "mlp",
     "mlp_num_params",
     "mlp_forward_flat",
@@ -256,6 +259,9 @@ class SGLDTeacher:
         likelihood: ``"classification"`` or ``"regression"``.
         noise_precision: :math:`\\lambda_n` (regression, fixed), or the initial value with ``noise_prior``.
         noise_prior: ``(a, b)`` of a Gamma prior on :math:`\\lambda_n` (regression); needs ``x_full, y_full``.
+        noise_every: with ``noise_prior``, the Gibbs step of :math:`\\lambda_n` follows every
+            ``noise_every``-th SGLD step (a full pass over the training set; each step leaves the
+            joint posterior invariant, so any fixed schedule samples it).
         x_full, y_full: the whole training set for the Gibbs step of :math:`\\lambda_n`.
         temperature: SGLD temperature (1 samples the posterior).
         lr_lambda: optional step-size schedule, a function of the step count returning a factor of
@@ -281,7 +287,10 @@ class SGLDTeacher:
         temperature: float = 1.0,
         lr_lambda: Callable[[int], float] | None = None,
         generator: torch.Generator | None = None,
+        noise_every: int = 1,
     ):
+        if isinstance(noise_every, bool) or not isinstance(noise_every, int) or noise_every < 1:
+            raise ValueError(f"noise_every must be a positive integer, got {noise_every!r}.")
         if likelihood not in TASKS:
             raise ValueError(f"likelihood must be one of {TASKS}, got {likelihood!r}.")
         if likelihood == "regression":
@@ -300,6 +309,8 @@ class SGLDTeacher:
         self.noise_prior = noise_prior
         self.x_full, self.y_full = x_full, y_full
         self.generator = generator
+        self.noise_every = noise_every
+        self.num_steps = 0
         self.optimizer = SGLD(model.parameters(), lr=lr, temperature=temperature, generator=generator)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda) if lr_lambda is not None else None
         self.model.eval()
@@ -314,7 +325,8 @@ class SGLDTeacher:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        if self.noise_prior is not None:
+        self.num_steps += 1
+        if self.noise_prior is not None and self.num_steps % self.noise_every == 0:
             with torch.no_grad():
                 residual = self._regression_out(self.x_full) - self.y_full
                 a, b = self.noise_prior
@@ -344,6 +356,7 @@ class SGLDTeacher:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "noise_precision": self.noise_precision,
+            "num_steps": self.num_steps,
             "generator": None if self.generator is None else self.generator.get_state(),
         }
 
@@ -353,6 +366,7 @@ class SGLDTeacher:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.noise_precision = state["noise_precision"]
+        self.num_steps = state.get("num_steps", 0)
         if self.generator is not None and state["generator"] is not None:
             self.generator.set_state(state["generator"])
 
@@ -834,6 +848,351 @@ class Distiller:
 
 
 # --------------------------------------------------------------------------------------------------
+# Many independent runs of Algorithm 1 at once (data splits, seeds): one tensor operation per step
+# --------------------------------------------------------------------------------------------------
+
+
+def _gamma_batched(shape: float, rate: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Independent draws from Gamma(shape, rate_c) for every entry of ``rate`` (Marsaglia & Tsang,
+    shape >= 1), the batched twin of :func:`_gamma_sample`: the same proposal and acceptance test,
+    redrawn only where a member was rejected."""
+    if shape < 1:
+        raise ValueError("the Gamma posterior of the noise precision needs shape >= 1.")
+    d = shape - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty_like(rate)
+    todo = torch.ones_like(rate, dtype=torch.bool)
+    while bool(todo.any()):
+        z = torch.randn(rate.shape, device=rate.device, dtype=rate.dtype, generator=generator)
+        u = torch.rand(rate.shape, device=rate.device, dtype=rate.dtype, generator=generator)
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (u.log() < 0.5 * z * z + d - d * v + d * v.clamp_min(1e-30).log()) & todo
+        out = torch.where(ok, d * v / rate, out)
+        todo = todo & ~ok
+    return out
+
+
+@dataclass
+class stacked_noise_inputs:  # noqa: N801 (a function-like callable object, like gaussian_noise_inputs)
+    """Student data of :class:`StackedDistiller`: for each member ``c``, rows of its own training
+    inputs ``x[c]`` drawn uniformly with replacement, plus Gaussian noise
+    (:class:`gaussian_noise_inputs`, one member per row of ``x``).
+
+    Args:
+        x: training inputs ``(C, N, d)``.
+        noise_std: :math:`\\sigma \\ge 0`.
+    """
+
+    x: torch.Tensor
+    noise_std: float
+
+    def __post_init__(self):
+        if self.x.dim() != 3 or self.x.shape[1] == 0:
+            raise ValueError(f"x must be (members, N, d) with N >= 1, got {tuple(self.x.shape)}.")
+        if self.noise_std < 0 or not math.isfinite(self.noise_std):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}.")
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        C, N, d = self.x.shape
+        idx = torch.randint(N, (C, batch_size), device=self.x.device, generator=generator)
+        out = self.x.gather(1, idx.unsqueeze(-1).expand(C, batch_size, d))
+        if self.noise_std > 0:
+            out = out + self.noise_std * torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=generator)
+        return out
+
+
+def mlp_init_flat(sizes: Sequence[int], num: int, device=None) -> torch.Tensor:
+    """``num`` initial parameter vectors ``(num, P)`` of :func:`mlp` ``(sizes)``, each PyTorch's
+    default initialisation of a fresh ``nn.Linear`` stack (drawn from the global generator)."""
+    return torch.stack([nn.utils.parameters_to_vector(mlp(sizes).parameters()).detach() for _ in range(num)]).to(device)
+
+
+class StackedDistiller:
+    """``C`` independent runs of Algorithm 1 (distilled SGLD) on small MLPs, moved together (chapter 6).
+
+    Member ``c`` has its own training set ``(x[c], y[c])`` (a data split, or the same data with
+    another seed), its own SGLD teacher :math:`\\theta_c` and its own student :math:`w_c`; they are
+    rows of two tensors ``(C, P)`` and ``(C, Q)``, and every operation of an iteration acts on all
+    rows at once (batched matrix products of :func:`mlp_forward_flat`), so the per-operation overhead
+    of a small network is paid once per iteration, not once per member. Each iteration is, for every
+    member, exactly the iteration of :class:`Distiller` with an :class:`SGLDTeacher` and a
+    :meth:`Student.sgd` student:
+
+    1. teacher: :math:`\\theta \\leftarrow \\theta - \\tfrac{\\eta_t}{2}\\nabla\\hat U(\\theta) + \\sqrt{\\eta_t}\\,\\xi`
+       on a minibatch of ``batch_size`` rows (without replacement within an epoch), with
+       :math:`\\hat U` of ``bdk.samplers.neg_log_posterior``; for regression with ``noise_prior=(a, b)``
+       then, every ``noise_every`` iterations, the Gibbs draw
+       :math:`\\lambda_n \\sim \\mathrm{Gamma}(a + N/2, b + \\tfrac12\\sum_i r_i^2)`;
+    2. after ``burn_in`` iterations, student: :math:`w \\leftarrow w - \\rho_j(\\nabla_w \\hat L + \\gamma w)`
+       on ``student_data(student_batch_size)`` with :func:`classification_distillation_loss` or
+       :func:`regression_distillation_loss` against the teacher sample's predictive;
+    3. every ``thin`` iterations after the burn-in, the teacher's predictive on ``ensemble_inputs``
+       joins the running ensemble average (:class:`EnsembleAverage`'s sums, one per member).
+
+    The members share one random generator, so member ``c`` of a stacked run does not draw the same
+    numbers as a serial run of its own; ``tests/test_distill.py`` checks each step against the serial
+    code for the same draws and the whole run against the serial path statistically.
+
+    Args:
+        x, y: training data ``(C, N, d)`` and ``(C, N)`` (class labels or regression targets).
+        teacher_sizes, student_sizes: MLP widths; a regression student has 2 outputs (mean, log-variance).
+        theta0, w0: initial parameters ``(C, P)`` and ``(C, Q)`` (:func:`mlp_init_flat`).
+        student_data: callable ``(batch_size, generator) -> (C, n, d)`` (:class:`stacked_noise_inputs`).
+        task: ``"classification"`` or ``"regression"``.
+        prior_precision: :math:`\\lambda` of the teacher's Gaussian prior.
+        teacher_lr: :math:`\\eta_0`; ``teacher_lr_lambda(t)`` multiplies it at iteration ``t`` (from 0).
+        noise_precision: regression: the initial :math:`\\lambda_n` (a number).
+        noise_prior: regression: ``(a, b)`` of the Gamma prior on :math:`\\lambda_n` (Gibbs step).
+        noise_every: the Gibbs step follows every ``noise_every``-th SGLD step (as :class:`SGLDTeacher`).
+        student_lr: :math:`\\rho_0`; ``student_lr_lambda(j)`` multiplies it at student step ``j``.
+        student_prior_precision: :math:`\\gamma` (weight decay).
+        batch_size, student_batch_size: minibatch sizes.
+        burn_in, thin: as in :class:`Distiller`.
+        ensemble_inputs: named inputs ``(C, n, d)``; ensemble_targets: named regression targets ``(C, n)``.
+        generator: one ``torch.Generator`` for every draw.
+
+    Raises:
+        ValueError: on shapes that do not fit or bad settings.
+        FloatingPointError: from :meth:`step`, naming the iteration and the member, when a loss is not finite.
+    """
+
+    def __init__(self, x, y, teacher_sizes, student_sizes, theta0, w0, student_data, *, task="classification",
+                 prior_precision: float, teacher_lr: float, teacher_lr_lambda=None, noise_precision=None,
+                 noise_prior=None, noise_every: int = 1, student_lr: float, student_prior_precision: float = 0.0, student_lr_lambda=None,
+                 batch_size: int, student_batch_size: int | None = None, burn_in: int = 0, thin: int = 1,
+                 ensemble_inputs: Mapping[str, torch.Tensor] | None = None,
+                 ensemble_targets: Mapping[str, torch.Tensor] | None = None, generator: torch.Generator | None = None):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
+        if x.dim() != 3 or y.shape != x.shape[:2]:
+            raise ValueError(f"x must be (C, N, d) and y (C, N); got {tuple(x.shape)} and {tuple(y.shape)}.")
+        C, N, _ = x.shape
+        if theta0.shape != (C, mlp_num_params(teacher_sizes)) or w0.shape != (C, mlp_num_params(student_sizes)):
+            raise ValueError(f"theta0 must be ({C}, {mlp_num_params(teacher_sizes)}) and w0 ({C}, "
+                             f"{mlp_num_params(student_sizes)}); got {tuple(theta0.shape)} and {tuple(w0.shape)}.")
+        if task == "regression" and student_sizes[-1] != 2:
+            raise ValueError("a regression student outputs (mean, log-variance): its last width must be 2.")
+        if task == "regression" and not (noise_precision is not None and noise_precision > 0):
+            raise ValueError("a regression teacher needs a positive noise_precision (the initial value with noise_prior).")
+        if noise_prior is not None and (len(noise_prior) != 2 or min(noise_prior) <= 0):
+            raise ValueError(f"noise_prior must be (shape a > 0, rate b > 0), got {noise_prior!r}.")
+        if not (isinstance(batch_size, int) and 1 <= batch_size <= N):
+            raise ValueError(f"batch_size must be an integer in [1, {N}], got {batch_size!r}.")
+        for name, value in (("teacher_lr", teacher_lr), ("student_lr", student_lr)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+        if not (isinstance(burn_in, int) and burn_in >= 0 and isinstance(thin, int) and thin >= 1):
+            raise ValueError(f"burn_in must be an integer >= 0 and thin >= 1; got {burn_in!r} and {thin!r}.")
+        self.x, self.y, self.task = x, y, task
+        self.teacher_sizes, self.student_sizes = tuple(teacher_sizes), tuple(student_sizes)
+        self.theta, self.w = theta0.detach().clone(), w0.detach().clone()
+        self.student_data = student_data
+        self.prior_precision, self.teacher_lr, self.teacher_lr_lambda = float(prior_precision), float(teacher_lr), teacher_lr_lambda
+        if isinstance(noise_every, bool) or not isinstance(noise_every, int) or noise_every < 1:
+            raise ValueError(f"noise_every must be a positive integer, got {noise_every!r}.")
+        self.noise_prior, self.noise_every = noise_prior, noise_every
+        self.tau = None if task == "classification" else torch.full((C,), float(noise_precision), device=x.device, dtype=x.dtype)
+        self.student_lr, self.student_lr_lambda = float(student_lr), student_lr_lambda
+        self.student_prior_precision = float(student_prior_precision)
+        self.batch_size = batch_size
+        self.student_batch_size = batch_size if student_batch_size is None else int(student_batch_size)
+        self.burn_in, self.thin = burn_in, thin
+        self.inputs = dict(ensemble_inputs or {})
+        self.targets = dict(ensemble_targets or {})
+        self.generator = generator
+        self.iteration = 0
+        self.count = 0
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+        self.history: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+        self._perm, self._cursor = None, 0
+
+    @property
+    def num_members(self) -> int:
+        return self.x.shape[0]
+
+    # -- the three parts of an iteration ------------------------------------------------------------
+    def _next_indices(self) -> torch.Tensor:
+        C, N = self.y.shape
+        if self._perm is None or self._cursor + self.batch_size > N:
+            self._perm = torch.rand((C, N), device=self.x.device, generator=self.generator).argsort(1)
+            self._cursor = 0
+        idx = self._perm[:, self._cursor:self._cursor + self.batch_size]
+        self._cursor += self.batch_size
+        return idx
+
+    def _log_lik(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member, per-example log-likelihood ``(C, n)`` of targets ``y (C, n)`` given outputs ``(C, n, K)``."""
+        if self.task == "classification":
+            return torch.log_softmax(out, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        tau = self.tau.unsqueeze(1)
+        return 0.5 * torch.log(tau / (2 * math.pi)) - 0.5 * tau * (out.squeeze(-1) - y).pow(2)
+
+    def teacher_step(self, idx: torch.Tensor, lr: float, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One SGLD step of every member on the rows ``idx (C, M)``; returns the potentials ``(C,)``.
+        ``noise`` (``(C, P)``, standard normal) replaces the generator's draw (for tests)."""
+        N = self.y.shape[1]
+        xb = self.x.gather(1, idx.unsqueeze(-1).expand(*idx.shape, self.x.shape[2]))
+        yb = self.y.gather(1, idx)
+        theta = self.theta.requires_grad_(True)
+        with torch.enable_grad():
+            out = mlp_forward_flat(theta, xb, self.teacher_sizes)
+            U = 0.5 * self.prior_precision * theta.pow(2).sum(1) - (N / idx.shape[1]) * self._log_lik(out, yb).sum(1)
+            (grad,) = torch.autograd.grad(U.sum(), theta)
+        if noise is None:
+            noise = torch.randn(theta.shape, device=theta.device, dtype=theta.dtype, generator=self.generator)
+        self.theta = (theta.detach() - 0.5 * lr * grad).add_(noise, alpha=math.sqrt(lr))
+        if self.noise_prior is not None and (self.iteration + 1) % self.noise_every == 0:
+            with torch.no_grad():
+                r = mlp_forward_flat(self.theta, self.x, self.teacher_sizes).squeeze(-1) - self.y
+                a, b = self.noise_prior
+                self.tau = _gamma_batched(a + 0.5 * N, b + 0.5 * r.pow(2).sum(1), self.generator)
+        return U.detach()
+
+    @torch.no_grad()
+    def teacher_predict(self, xs: torch.Tensor):
+        """The current samples' predictives on ``xs (C, n, d)``: probabilities ``(C, n, K)``, or the
+        means ``(C, n)`` and noise variances ``(C, 1)``."""
+        out = mlp_forward_flat(self.theta, xs, self.teacher_sizes)
+        if self.task == "classification":
+            return torch.softmax(out, -1)
+        return out.squeeze(-1), (1.0 / self.tau).unsqueeze(1)
+
+    def student_loss(self, w: torch.Tensor, xs: torch.Tensor, target) -> torch.Tensor:
+        """The distillation losses ``(C,)`` of students ``w`` on ``xs`` against the teacher targets."""
+        out = mlp_forward_flat(w, xs, self.student_sizes)
+        if self.task == "classification":
+            return -(target * torch.log_softmax(out, -1)).sum(-1).mean(1)
+        mean, noise_var = target
+        mu, alpha = out[..., 0], out[..., 1]
+        loss = 0.5 * math.log(2 * math.pi) + 0.5 * alpha + 0.5 * torch.exp(-alpha) * ((mean - mu).pow(2) + noise_var)
+        return loss.mean(1)
+
+    def student_step(self, xs: torch.Tensor, lr: float) -> torch.Tensor:
+        """One SGD step (weight decay :math:`\\gamma`) of every student on ``xs``; returns the losses ``(C,)``."""
+        target = self.teacher_predict(xs)
+        w = self.w.requires_grad_(True)
+        with torch.enable_grad():
+            loss = self.student_loss(w, xs, target)
+            (grad,) = torch.autograd.grad(loss.sum(), w)
+        w = w.detach()
+        self.w = w - lr * (grad + self.student_prior_precision * w)
+        return loss.detach()
+
+    @torch.no_grad()
+    def _average(self) -> None:
+        self.count += 1
+        for name, xe in self.inputs.items():
+            acc = self.sums.setdefault(name, {})
+            pred = self.teacher_predict(xe)
+            if self.task == "classification":
+                acc["probs"] = acc.get("probs", 0) + pred.double()
+                continue
+            mean, noise_var = pred[0].double(), pred[1].double()
+            acc["m1"] = acc.get("m1", 0) + mean
+            acc["m2"] = acc.get("m2", 0) + mean.pow(2)
+            acc["noise_var"] = acc.get("noise_var", 0) + noise_var
+            if name in self.targets:
+                yt = self.targets[name].double()
+                logp = -0.5 * torch.log(2 * math.pi * noise_var) - 0.5 * (yt - mean).pow(2) / noise_var
+                acc["logsumexp"] = logp if "logsumexp" not in acc else torch.logaddexp(acc["logsumexp"], logp)
+
+    def step(self) -> None:
+        """One iteration of Algorithm 1 for every member."""
+        t = self.iteration
+        lr = self.teacher_lr * (self.teacher_lr_lambda(t) if self.teacher_lr_lambda is not None else 1.0)
+        U = self.teacher_step(self._next_indices(), lr)
+        step = t + 1
+        bad = ~torch.isfinite(U)
+        if bool(bad.any()):
+            c = int(bad.nonzero()[0])
+            raise FloatingPointError(f"stacked distillation iteration {step}: member {c}'s teacher potential is "
+                                     f"{float(U[c])}. Lower the teacher's step size, or check the data and the prior.")
+        record = step % self.thin == 0
+        if record:
+            self.history["teacher"].append(U)
+        if t >= self.burn_in:
+            j = t - self.burn_in
+            rho = self.student_lr * (self.student_lr_lambda(j) if self.student_lr_lambda is not None else 1.0)
+            s_loss = self.student_step(self.student_data(self.student_batch_size, self.generator), rho)
+            bad = ~torch.isfinite(s_loss)
+            if bool(bad.any()):
+                c = int(bad.nonzero()[0])
+                raise FloatingPointError(f"stacked distillation iteration {step}: member {c}'s student loss is "
+                                         f"{float(s_loss[c])}. Lower its learning rate or raise its prior precision.")
+            if record:
+                self.history["student"].append(s_loss)
+            if self.inputs and (step - self.burn_in) % self.thin == 0:
+                self._average()
+        self.iteration = step
+
+    def run(self, num_iterations: int, checkpointer: Checkpointer | None = None, desc: str = "stacked distillation"):
+        """Iterate until ``num_iterations`` in total, resuming from ``checkpointer`` if it holds a state."""
+        if not (isinstance(num_iterations, int) and num_iterations >= 0):
+            raise ValueError(f"num_iterations must be an integer >= 0, got {num_iterations!r}.")
+        if checkpointer is not None:
+            state = checkpointer.load()
+            if state is not None:
+                self.load_state_dict(state)
+        for _ in progress(range(self.iteration, num_iterations), desc=desc, total=max(0, num_iterations - self.iteration)):
+            self.step()
+            if checkpointer is not None:
+                checkpointer.maybe_save(self.iteration, self.state_dict)
+        return self
+
+    # -- results ------------------------------------------------------------------------------------
+    def ensemble(self, name: str):
+        """The members' ensemble predictives on input set ``name``: probabilities ``(C, n, K)``, or a dict
+        of ``mean``, ``var`` (moment-matched) and, with targets, ``log_lik`` (the mixture's), each ``(C, n)``."""
+        if self.count == 0:
+            raise RuntimeError("no teacher sample has been averaged yet (is the run past its burn-in?).")
+        acc = self.sums[name]
+        if self.task == "classification":
+            return (acc["probs"] / self.count).float()
+        mean = acc["m1"] / self.count
+        var = (acc["m2"] / self.count - mean.pow(2)).clamp_min(0) + acc["noise_var"] / self.count
+        out = {"mean": mean.float(), "var": var.float()}
+        if "logsumexp" in acc:
+            out["log_lik"] = (acc["logsumexp"] - math.log(self.count)).float()
+        return out
+
+    @torch.no_grad()
+    def student_predict(self, xs: torch.Tensor):
+        """The students' predictives on ``xs (C, n, d)``: probabilities, or ``(mean, variance)`` each ``(C, n)``."""
+        out = mlp_forward_flat(self.w, xs, self.student_sizes)
+        if self.task == "classification":
+            return torch.softmax(out, -1)
+        return out[..., 0], out[..., 1].exp()
+
+    def history_tensors(self) -> dict[str, torch.Tensor]:
+        """The recorded losses (every ``thin`` iterations) as ``(records, C)`` tensors."""
+        return {k: torch.stack(v) if v else torch.empty(0, self.num_members) for k, v in self.history.items()}
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly (parameters, noise precisions, RNG, minibatch order, sums)."""
+        return {"iteration": self.iteration, "theta": self.theta, "w": self.w, "tau": self.tau,
+                "generator": None if self.generator is None else self.generator.get_state(),
+                "perm": self._perm, "cursor": self._cursor, "count": self.count, "sums": self.sums,
+                "history": {k: list(v) for k, v in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (the object must have been built the same way)."""
+        if state["theta"].shape != self.theta.shape or state["w"].shape != self.w.shape:
+            raise ValueError(f"the checkpoint holds parameters {tuple(state['theta'].shape)} / {tuple(state['w'].shape)}, "
+                             f"this run has {tuple(self.theta.shape)} / {tuple(self.w.shape)}.")
+        dev = self.x.device
+        self.iteration = state["iteration"]
+        self.theta, self.w = state["theta"].to(dev), state["w"].to(dev)
+        self.tau = None if state["tau"] is None else state["tau"].to(dev)
+        if self.generator is not None and state["generator"] is not None:
+            self.generator.set_state(state["generator"])
+        self._perm = None if state["perm"] is None else state["perm"].to(dev)
+        self._cursor = state["cursor"]
+        self.count = state["count"]
+        self.sums = {n: {k: v.to(dev) if torch.is_tensor(v) else v for k, v in acc.items()} for n, acc in state["sums"].items()}
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+
+# --------------------------------------------------------------------------------------------------
 # Small MLPs on flat parameter vectors, and many-chain HMC (the toy problems' exact reference)
 # --------------------------------------------------------------------------------------------------
 
@@ -867,7 +1226,8 @@ def mlp_forward_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int])
     Args:
         theta: ``(C, P)`` parameter vectors (``P = mlp_num_params(sizes)``), layout of
             ``nn.utils.parameters_to_vector(mlp(sizes).parameters())``.
-        x: inputs ``(n, sizes[0])``.
+        x: inputs ``(n, sizes[0])`` shared by all ``C`` networks, or ``(C, n, sizes[0])``, one set
+            of inputs per network (e.g. each its own data split).
         sizes: layer widths.
 
     Returns:
@@ -876,7 +1236,14 @@ def mlp_forward_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int])
     if theta.dim() != 2 or theta.shape[1] != mlp_num_params(sizes):
         raise ValueError(f"theta must be (C, {mlp_num_params(sizes)}) for sizes {tuple(sizes)}, got {tuple(theta.shape)}.")
     C = theta.shape[0]
-    h = x.unsqueeze(0).expand(C, *x.shape)
+    if x.dim() == 3:
+        if x.shape[0] != C or x.shape[2] != sizes[0]:
+            raise ValueError(f"per-network inputs must be ({C}, n, {sizes[0]}), got {tuple(x.shape)}.")
+        h = x
+    elif x.dim() == 2 and x.shape[1] == sizes[0]:
+        h = x.unsqueeze(0).expand(C, *x.shape)
+    else:
+        raise ValueError(f"x must be (n, {sizes[0]}) or ({C}, n, {sizes[0]}), got {tuple(x.shape)}.")
     offset = 0
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         w = theta[:, offset:offset + a * b].reshape(C, b, a)

@@ -96,7 +96,8 @@ def device_description(device=None) -> dict:
 
 
 def provenance(config: Any = None, *, profile: str | None = None, overrides: Mapping[str, Any] | None = None,
-               wall_seconds: float | None = None, cpu_seconds: float | None = None, device=None) -> dict:
+               wall_seconds: float | None = None, cpu_seconds: float | None = None, device=None,
+               git: dict | None = None, started: str | None = None) -> dict:
     """Everything needed to trace a result to the run that made it.
 
     Args:
@@ -105,6 +106,8 @@ def provenance(config: Any = None, *, profile: str | None = None, overrides: Map
         overrides: the fields that were changed from that profile's configuration.
         wall_seconds, cpu_seconds: how long the computation took.
         device: the device it ran on (default ``bdk.get_device()``).
+        git, started: :func:`git_state` and the UTC date taken when the run *started* (default: now),
+            so that a commit made while a long run goes on is not credited with its numbers.
     """
     import numpy
     import torch
@@ -117,16 +120,21 @@ def provenance(config: Any = None, *, profile: str | None = None, overrides: Map
         "overrides": dict(overrides or {}),
         "config": None if config is None else config_dict(config),
         "config_hash": None if config is None else config_hash(config),
-        **git_state(),
+        **(git if git is not None else git_state()),
         "versions": {"bdk": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
                      "python": platform.python_version()},
         "device": device_description(device),
         "platform": platform.platform(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": started or utc_now(),
         "wall_seconds": wall_seconds,
         "cpu_seconds": cpu_seconds,
     }
     return json.loads(json.dumps(out, default=repr))
+
+
+def utc_now() -> str:
+    """The current date and time in UTC, ISO 8601 to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Timer:
