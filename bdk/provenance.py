@@ -187,12 +187,23 @@ def write_record(name: str, results: dict, prov: dict, label: str | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": RECORD_FORMAT, "name": name, "label": label, "provenance": prov,
                "refresh": refresh_command(name, prov["profile"], prov.get("overrides"), label),
-               "results": to_jsonable(results)}
+               "results": _round_floats(to_jsonable(results))}
     text = json.dumps(payload, indent=None, separators=(",", ":"), allow_nan=False)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _round_floats(obj, digits: int = 7):
+    """Floats to ``digits`` significant digits (float32 results carry no more), to keep records small."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: _round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round_floats(v, digits) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)

@@ -67,27 +67,41 @@ def test_committed_cpu_timings_cover_every_notebook():
             assert nb in recorded and recorded[nb] > 0, nb
 
 
-def test_reproduction_table_sets_the_papers_numbers_beside_the_results(monkeypatch):
-    fake = {
-        "bdk-toy-classification": {"kl": {"SGLD": 0.0123, "Distilled 2-10-2": 0.0456}, "sgld_num_samples": 600,
-                                   "hmc_num_samples": 10000},
-        "bdk-mnist": {"num_runs": 1, "num_train": 4000, "num_test": 1000, "subset": True,
-                      "summary": {"SGLD": {"error": (5.9, None), "log_lik": (-0.238, None)},
-                                  "Distilled SGLD": {"error": (7.5, None), "log_lik": (-0.2525, None)}},
-                      "cost": {"cpu": {"num_samples": [1, 10, 100], "seconds": [0.01, 0.1, 2.0],
-                                       "student_seconds": 0.01, "num_inputs": 1000, "device": "cpu"}}},
-        "bdk-boston": {"num_splits": 5, "summary": {"SGLD": (-2.675, 0.05), "SGLD distilled": (-2.826, 0.06)}},
-    }
+def test_reproduction_table_sets_the_papers_numbers_beside_the_results(monkeypatch, tmp_path):
+    """Three columns: the paper (data/paper_numbers.json), the recorded paper-scale run with its
+    distance in combined standard errors, and this build's run; SGD rows included."""
+    from bdk import provenance as P
     from bdk.experiments import registry
 
+    toy = {"kl": {"SGD": 0.061, "SGLD": 0.0123, "Distilled 2-10-2": 0.0456, "Distilled 2-100-2": 0.02,
+                  "Distilled 2-10-10-2": 0.03}}
+    fake = {
+        "bdk-toy-classification": toy,
+        "bdk-toy-regression": {"kl": {"SGD": 1.1, "SGLD": 0.01, "Distilled SGLD": 0.05}},
+        "bdk-mnist": {"num_runs": 1, "num_train": 4000, "num_test": 1000, "subset": True,
+                      "summary": {m: {"error": (e, None), "log_lik": (l, None)} for m, e, l in
+                                  (("SGD", 6.1, -0.25), ("SGLD", 5.9, -0.238), ("Distilled SGLD", 7.5, -0.2525))},
+                      "cost": {"cpu": {"num_samples": [1, 10, 100], "seconds": [0.01, 0.1, 2.0],
+                                       "student_seconds": 0.01, "num_inputs": 1000, "device": "cpu"}}},
+        "bdk-boston": {"num_splits": 5, "summary": {"SGD": (-2.63, 0.1), "SGLD": (-2.675, 0.05),
+                                                    "SGLD distilled": (-2.826, 0.06)}},
+    }
     monkeypatch.setattr(registry, "run_experiment", lambda name, profile=None, verbose=False: fake[name])
-    table = summary.reproduction_table()
+    monkeypatch.setenv("BDK_RECORDS_DIR", str(tmp_path))
+    boston = registry.get("bdk-boston").configs["paper"]
+    P.write_record("bdk-boston", {"num_splits": 20, "summary": {"SGD": [-2.80, 0.10], "SGLD": [-2.50, 0.05],
+                                                              "SGLD distilled": [-2.55, 0.06]}},
+                   P.provenance(boston, profile="paper", wall_seconds=500.0, cpu_seconds=490.0))
+    table = summary.reproduction_table(profile="quick")
     lines = table.splitlines()
-    assert lines[0] == "| paper's result (SGLD / distilled student) | paper | ours | our setting |"
-    # The paper's values come from data/paper_numbers.json (Tables 2-5), ours from the results.
-    assert "| Table 2: toy classification, KL to HMC | 0.007 / 0.031 | 0.012 / 0.046 |" in table
-    assert "| Table 3: MNIST, test error % | 1.271 / 1.307 | 5.90 / 7.50 |" in table
-    assert "| Table 4: MNIST, test log-lik. | -0.0419 / -0.0502 | -0.2380 / -0.2525 |" in table
-    assert "| Table 5: Boston, test log-lik. | -2.306 / -2.350 | -2.675 / -2.826 |" in table
-    assert "| 200× faster |" in table  # 2.0 s / 0.01 s for the 100-sample ensemble
-    assert "4,000 train / 1,000 test digits (a subset), 1 run" in table
+    assert lines[0] == "|  | paper | ours, paper scale (recorded) | distance (s.e.) | ours, this build (`quick`) |"
+    assert "| toy 2-D, KL to HMC: SGD | 0.246 | – | – | 0.061 |" in table
+    assert "| toy 2-D, KL to HMC: Distilled 2-10-2 | 0.031 | – | – | 0.046 |" in table
+    assert "| MNIST, test error %: SGLD | 1.27 ± 0.01 | – | – | 5.90 |" in table
+    # (-2.50 - -2.306) / hypot(0.05, 0.1205) = -1.49
+    assert "| Boston, test log-lik.: SGLD | -2.306 ± 0.120 | -2.500 ± 0.050 | -1.5 | -2.675 ± 0.050 |" in table
+    assert "| Boston, test log-lik.: SGD | -2.764 ± 0.153 | -2.800 ± 0.100 | -0.2 | -2.630 ± 0.100 |" in table
+    assert "`bdk-boston`: recorded" in table and "8.3 min wall" in table
+    assert "`bdk-mnist`: not recorded yet." in table
+    assert "200× faster" in table  # 2.0 s / 0.01 s for the 100-sample ensemble
+    assert "4,000 train / 1,000 test digits (a subset), 1 run(s)" in table

