@@ -57,6 +57,7 @@ __all__ = [
     "mlp",
     "mlp_num_params",
     "mlp_forward_flat",
+    "mlp_value_and_grad_flat",
     "mlp_potential",
     "hmc",
     "stack_samples",
@@ -1020,27 +1021,31 @@ class StackedDistiller:
         self._cursor += self.batch_size
         return idx
 
-    def _log_lik(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-member, per-example log-likelihood ``(C, n)`` of targets ``y (C, n)`` given outputs ``(C, n, K)``."""
-        if self.task == "classification":
-            return torch.log_softmax(out, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        tau = self.tau.unsqueeze(1)
-        return 0.5 * torch.log(tau / (2 * math.pi)) - 0.5 * tau * (out.squeeze(-1) - y).pow(2)
-
     def teacher_step(self, idx: torch.Tensor, lr: float, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One SGLD step of every member on the rows ``idx (C, M)``; returns the potentials ``(C,)``.
         ``noise`` (``(C, P)``, standard normal) replaces the generator's draw (for tests)."""
-        N = self.y.shape[1]
+        N, M = self.y.shape[1], idx.shape[1]
         xb = self.x.gather(1, idx.unsqueeze(-1).expand(*idx.shape, self.x.shape[2]))
         yb = self.y.gather(1, idx)
-        theta = self.theta.requires_grad_(True)
-        with torch.enable_grad():
-            out = mlp_forward_flat(theta, xb, self.teacher_sizes)
-            U = 0.5 * self.prior_precision * theta.pow(2).sum(1) - (N / idx.shape[1]) * self._log_lik(out, yb).sum(1)
-            (grad,) = torch.autograd.grad(U.sum(), theta)
-        if noise is None:
-            noise = torch.randn(theta.shape, device=theta.device, dtype=theta.dtype, generator=self.generator)
-        self.theta = (theta.detach() - 0.5 * lr * grad).add_(noise, alpha=math.sqrt(lr))
+        theta = self.theta
+
+        def neg_log_lik(out):  # -(N/M) sum_i log p(y_i | x_i, theta) and its gradient in the outputs
+            if self.task == "classification":
+                log_p = torch.log_softmax(out, -1)
+                onehot = torch.zeros_like(out).scatter_(-1, yb.unsqueeze(-1), 1.0)
+                return -(N / M) * (onehot * log_p).sum((1, 2)), (N / M) * (log_p.exp() - onehot)
+            tau = self.tau.view(-1, 1, 1)
+            r = out - yb.unsqueeze(-1)
+            nll = (N / M) * (0.5 * tau * r.pow(2) - 0.5 * torch.log(tau / (2 * math.pi))).sum((1, 2))
+            return nll, (N / M) * tau * r
+
+        with torch.no_grad():
+            nll, grad = mlp_value_and_grad_flat(theta, xb, self.teacher_sizes, neg_log_lik)
+            U = 0.5 * self.prior_precision * theta.pow(2).sum(1) + nll
+            grad = grad.add_(theta, alpha=self.prior_precision)
+            if noise is None:
+                noise = torch.randn(theta.shape, device=theta.device, dtype=theta.dtype, generator=self.generator)
+            self.theta = (theta - 0.5 * lr * grad).add_(noise, alpha=math.sqrt(lr))
         if self.noise_prior is not None and (self.iteration + 1) % self.noise_every == 0:
             with torch.no_grad():
                 r = mlp_forward_flat(self.theta, self.x, self.teacher_sizes).squeeze(-1) - self.y
@@ -1057,26 +1062,25 @@ class StackedDistiller:
             return torch.softmax(out, -1)
         return out.squeeze(-1), (1.0 / self.tau).unsqueeze(1)
 
-    def student_loss(self, w: torch.Tensor, xs: torch.Tensor, target) -> torch.Tensor:
-        """The distillation losses ``(C,)`` of students ``w`` on ``xs`` against the teacher targets."""
-        out = mlp_forward_flat(w, xs, self.student_sizes)
-        if self.task == "classification":
-            return -(target * torch.log_softmax(out, -1)).sum(-1).mean(1)
-        mean, noise_var = target
-        mu, alpha = out[..., 0], out[..., 1]
-        loss = 0.5 * math.log(2 * math.pi) + 0.5 * alpha + 0.5 * torch.exp(-alpha) * ((mean - mu).pow(2) + noise_var)
-        return loss.mean(1)
-
     def student_step(self, xs: torch.Tensor, lr: float) -> torch.Tensor:
         """One SGD step (weight decay :math:`\\gamma`) of every student on ``xs``; returns the losses ``(C,)``."""
         target = self.teacher_predict(xs)
-        w = self.w.requires_grad_(True)
-        with torch.enable_grad():
-            loss = self.student_loss(w, xs, target)
-            (grad,) = torch.autograd.grad(loss.sum(), w)
-        w = w.detach()
-        self.w = w - lr * (grad + self.student_prior_precision * w)
-        return loss.detach()
+        n = xs.shape[1]
+
+        def distillation_loss(out):  # the loss of student_loss and its gradient in the outputs
+            if self.task == "classification":
+                log_s = torch.log_softmax(out, -1)
+                return -(target * log_s).sum((1, 2)) / n, (log_s.exp() - target) / n
+            mean, noise_var = target
+            mu, alpha = out[..., 0], out[..., 1]
+            inv, second = torch.exp(-alpha), (mean - mu).pow(2) + noise_var
+            loss = (0.5 * math.log(2 * math.pi) + 0.5 * alpha + 0.5 * inv * second).sum(1) / n
+            return loss, torch.stack([-inv * (mean - mu), 0.5 - 0.5 * inv * second], -1) / n
+
+        with torch.no_grad():
+            loss, grad = mlp_value_and_grad_flat(self.w, xs, self.student_sizes, distillation_loss)
+            self.w = self.w - lr * (grad + self.student_prior_precision * self.w)
+        return loss
 
     @torch.no_grad()
     def _average(self) -> None:
@@ -1254,6 +1258,50 @@ def mlp_forward_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int])
             h = torch.relu(h)
         h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
     return h
+
+
+def mlp_value_and_grad_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int],
+                            loss_and_dout: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+    r"""Losses of ``C`` MLPs and their gradients with respect to the flat parameters, by hand-written
+    backpropagation (no autograd graph: for tiny networks the graph costs more than the arithmetic).
+
+    With :math:`z_l = h_{l-1} W_l^\top + b_l`, :math:`h_l = \mathrm{relu}(z_l)` and
+    :math:`\delta_L = \partial \ell / \partial z_L` given by ``loss_and_dout``:
+    :math:`\nabla_{W_l} = \delta_l^\top h_{l-1}`, :math:`\nabla_{b_l} = \sum_n \delta_l`,
+    :math:`\delta_{l-1} = (\delta_l W_l) \odot [z_{l-1} > 0]`. ``tests/test_stacked.py`` checks it
+    against autograd through :func:`mlp_forward_flat`.
+
+    Args:
+        theta: ``(C, P)`` parameters (layout of :func:`mlp_forward_flat`).
+        x: inputs ``(n, d)`` or ``(C, n, d)``.
+        sizes: layer widths.
+        loss_and_dout: ``outputs (C, n, K) -> (losses (C,), d losses / d outputs (C, n, K))``.
+
+    Returns:
+        ``(losses (C,), grad (C, P))``.
+    """
+    C = theta.shape[0]
+    h = x if x.dim() == 3 else x.unsqueeze(0).expand(C, *x.shape)
+    weights, inputs, pre = [], [], []
+    offset = 0
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = theta[:, offset:offset + a * b].view(C, b, a)
+        bias = theta[:, offset + a * b:offset + a * b + b]
+        offset += a * b + b
+        if i > 0:
+            pre.append(h)
+            h = torch.relu(h)
+        inputs.append(h)
+        weights.append(w)
+        h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+    loss, delta = loss_and_dout(h)
+    grads = []
+    for i in range(len(weights) - 1, -1, -1):
+        grads.append(delta.sum(1))
+        grads.append(torch.bmm(delta.transpose(1, 2), inputs[i]).reshape(C, -1))
+        if i > 0:
+            delta = torch.bmm(delta, weights[i]) * (pre[i - 1] > 0)
+    return loss, torch.cat(grads[::-1], 1)
 
 
 def mlp_potential(x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], prior_precision: float,

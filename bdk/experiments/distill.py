@@ -56,6 +56,7 @@ __all__ = [
     "BOSTON_CONFIGS",
     "boston",
     "table5",
+    "boston_record_summary",
     "paper_numbers",
     "markdown_table",
     "time_predictive",
@@ -939,6 +940,8 @@ def _boston_split(cfg: BostonConfig, k: int, device) -> dict:
     s_mean, s_var = student.predict(x_test, "regression")
     res["SGLD distilled"] = metrics.gaussian_log_likelihood(s_mean, s_var, y_test) - log_scale
     res["noise_sd"] = data.y_std / math.sqrt(teacher.noise_precision)
+    res["rmse"] = {m: data.y_std * float((p - y_test).pow(2).mean().sqrt())
+                   for m, p in (("SGD", mean), ("SGLD", ens["mean"]), ("SGLD distilled", s_mean))}
     return res
 
 
@@ -1012,6 +1015,8 @@ def _boston_stacked(cfg: BostonConfig, device) -> list[dict]:
             "SGLD (moment-matched)": metrics.gaussian_log_likelihood(ens["mean"][k], ens["var"][k], y_test[k]) - ls,
             "SGLD distilled": metrics.gaussian_log_likelihood(s_mean[k], s_var[k], y_test[k]) - ls,
             "noise_sd": splits[k].y_std / math.sqrt(float(run.tau[k])),
+            "rmse": {m: splits[k].y_std * float((p[k] - y_test[k]).pow(2).mean().sqrt())
+                     for m, p in (("SGD", mean), ("SGLD", ens["mean"]), ("SGLD distilled", s_mean))},
         })
     return out
 
@@ -1034,10 +1039,51 @@ def boston(cfg: BostonConfig) -> dict:
     return {
         "splits": splits,
         "summary": {m: _mean_se([s[m] for s in splits]) for m in methods},
+        "rmse": {m: _mean_se([s["rmse"][m] for s in splits]) for m in ("SGD", "SGLD", "SGLD distilled")},
         "num_splits": cfg.num_splits,
         "batched": cfg.batched,
         "total_seconds": time.perf_counter() - t0,
     }
+
+
+def _paired(values_a, values_b):
+    """Mean and standard error of the per-split differences ``a - b``."""
+    return _mean_se([a - b for a, b in zip(values_a, values_b)])
+
+
+def boston_record_summary(results: dict, paper: dict) -> str:
+    """What a Boston run shows, in sentences computed from its per-split numbers (Markdown): SGLD
+    against SGD and the student against its teacher, paired over splits, beside the paper's gaps."""
+    t5 = {r["method"]: r["mean"] for r in paper["boston"]["table5_test_log_likelihood"]["rows"]}
+    splits = results["splits"]
+    col = {m: [s[m] for s in splits] for m in ("SGD", "SGLD", "SGLD (moment-matched)", "SGLD distilled")}
+    n = len(splits)
+    wins = sum(a > b for a, b in zip(col["SGLD"], col["SGD"]))
+    d_sgd, se_sgd = _paired(col["SGLD"], col["SGD"])
+    d_st, se_st = _paired(col["SGLD distilled"], col["SGLD"])
+    d_mm, se_mm = _paired(col["SGLD distilled"], col["SGLD (moment-matched)"])
+    sgld = _mean_se(col["SGLD"])[0]
+    worst = min(range(n), key=lambda k: col["SGLD"][k])
+    rest = _mean_se([v for k, v in enumerate(col["SGLD"]) if k != worst])[0]
+    lines = [
+        f"* **SGLD against SGD.** The SGLD ensemble has the higher test log-likelihood on {wins} of the "
+        f"{n} splits; paired over splits it is higher by {d_sgd:.3f} ± {se_sgd:.3f} (the paper's means differ "
+        f"by {t5['SGLD'] - t5['SGD']:.3f}).",
+        f"* **The student against its teacher.** The distilled student is {-d_st:.3f} ± {se_st:.3f} below the "
+        f"SGLD ensemble (the paper: {t5['SGLD'] - t5['SGLD distilled']:.3f}) and {-d_mm:.3f} ± {se_mm:.3f} below "
+        "the moment-matched Gaussian it is trained to become.",
+        f"* **The teacher against the paper's.** Our SGLD mean is {sgld - t5['SGLD']:+.3f} from the paper's. "
+        f"One split ({worst}) scores {col['SGLD'][worst]:.2f}; without it the mean is {rest:.3f}. The student's "
+        "distance from the paper's number is its teacher's distance plus its own gap to the teacher.",
+    ]
+    if "rmse" in results:
+        pbp = {r["method"]: r for r in paper_numbers()["hernandez2015pbp"]["boston_test_rmse"]["rows"]}
+        rmse = results["rmse"]
+        lines.append("* **Test RMSE** (thousands of dollars; the part of the log-likelihood that the predictive mean "
+                     "decides): " + ", ".join(f"{m} {rmse[m][0]:.2f} ± {rmse[m][1]:.2f}" for m in rmse)
+                     + f"; PBP reports {pbp['PBP']['mean']:.2f} ± {pbp['PBP']['se']:.2f} and backpropagation "
+                     f"{pbp['BP']['mean']:.2f} ± {pbp['BP']['se']:.2f} on its own splits {{cite:p}}`hernandez2015pbp`.")
+    return "\n".join(lines)
 
 
 def table5(results: dict) -> str:

@@ -448,6 +448,24 @@ def summarize_mixture(samples: np.ndarray, weights: np.ndarray, grid: dict, hist
     }
 
 
+def mixture_record(results: dict, bins: int = 60, trace_chains: int = 4, trace_points: int = 1000) -> dict:
+    """What ``data/records/sgld-mixture.json`` keeps of a run: every summary number, a step-size
+    weighted 2-D histogram of all kept samples on a ``bins x bins`` grid over the grid posterior's
+    box, and the traces of the first ``trace_chains`` chains at ``trace_points`` evenly spaced draws
+    (the samples themselves, millions of numbers at the paper's length, are not kept)."""
+    samples, weights, grid = results["samples"], np.asarray(results["weights"]), results["grid"]
+    chains, draws, _ = samples.shape
+    e1, e2 = np.asarray(grid["edges1"]), np.asarray(grid["edges2"])
+    edges = (np.linspace(e1[0], e1[-1], bins + 1), np.linspace(e2[0], e2[-1], bins + 1))
+    flat = samples.reshape(-1, 2)
+    hist, _, _ = np.histogram2d(flat[:, 0], flat[:, 1], bins=edges, weights=np.tile(weights, chains), density=True)
+    keep = np.linspace(0, draws - 1, min(trace_points, draws)).round().astype(int)
+    kept = {k: results[k] for k in ("lr_a", "lr_b", "seconds", "exact", "sgld", "tv", "tv_iid_same_ess",
+                                   "tv_iid_same_count", "diagnostics", "num_chains", "num_draws")}
+    return {**kept, "hist2d": {"theta1_edges": edges[0], "theta2_edges": edges[1], "density": hist},
+            "trace": {"draw_index": keep, "samples": samples[:trace_chains, keep]}}
+
+
 def combine_mixture(runs: list[dict]) -> dict:
     """Pool the chains of several :func:`run_mixture` results (e.g. seeds run by separate processes)."""
     samples = np.concatenate([r["samples"] for r in runs], axis=0)
@@ -1044,7 +1062,8 @@ def _register() -> None:
         return "\n".join(rows)
 
     register(Experiment("sgld-mixture", "book/sgld.ipynb", "Welling & Teh mixture posterior: SGLD vs the grid posterior",
-                        sub("mixture"), lambda c: run_mixture(c), summary=mixture_summary, combine=combine_mixture))
+                        sub("mixture"), lambda c: run_mixture(c), summary=mixture_summary, combine=combine_mixture,
+                        record=mixture_record))
     register(Experiment("sgld-acceptance", "book/sgld.ipynb", "MH acceptance of the SGLD proposal vs the step size",
                         sub("acceptance"), acceptance_vs_step))
     register(Experiment("sgld-gradient-noise", "book/sgld.ipynb", "gradient noise vs injected noise across step sizes (MNIST MLP)",
