@@ -54,6 +54,52 @@ def test_forward_with_per_member_inputs_equals_each_module():
         D.mlp_forward_flat(theta, x[:2], sizes)
 
 
+@pytest.mark.parametrize("sizes", [(3, 5, 2), (3, 5, 4, 2)])
+def test_hand_written_gradients_equal_autograd(sizes):
+    torch.manual_seed(0)
+    theta = D.mlp_init_flat(sizes, 4)
+    x = torch.randn(4, 7, sizes[0])
+    target = torch.randn(4, 7, sizes[-1])
+
+    def loss_and_dout(out):
+        return (out - target).pow(3).sum((1, 2)), 3 * (out - target).pow(2)
+
+    loss, grad = D.mlp_value_and_grad_flat(theta, x, sizes, loss_and_dout)
+    t = theta.clone().requires_grad_(True)
+    expected = (D.mlp_forward_flat(t, x, sizes) - target).pow(3).sum((1, 2))
+    (g,) = torch.autograd.grad(expected.sum(), t)
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad, g, rtol=1e-5, atol=1e-5)
+
+
+def test_classification_steps_equal_the_serial_teacher_and_student():
+    x, _, _, _, _, _ = _problem()
+    y = torch.randint(3, (3, x.shape[1]), generator=torch.Generator().manual_seed(1))
+    sizes = (x.shape[2], 6, 3)
+    torch.manual_seed(2)
+    theta0, w0 = D.mlp_init_flat(sizes, 3), D.mlp_init_flat(sizes, 3)
+    run = D.StackedDistiller(x, y, sizes, sizes, theta0, w0, D.stacked_noise_inputs(x, 0.0), prior_precision=1.0,
+                             teacher_lr=1e-3, student_lr=1e-2, student_prior_precision=1e-3, batch_size=8)
+    idx = torch.arange(8).expand(3, 8)
+    noise = torch.randn(theta0.shape, generator=torch.Generator().manual_seed(9))
+    run.teacher_step(idx, 1e-3, noise=noise)
+    xs = torch.randn(3, 5, x.shape[2], generator=torch.Generator().manual_seed(4))
+    run.student_step(xs, 1e-2)
+    for c in range(3):
+        model = _module(sizes, theta0[c])
+        neg_log_posterior(model, x[c, :8], y[c, :8], x.shape[1], 1.0).backward()
+        SGLD(model.parameters(), lr=1e-3, temperature=0.0).step()
+        theta = nn.utils.parameters_to_vector(model.parameters()).detach() + math.sqrt(1e-3) * noise[c]
+        torch.testing.assert_close(run.theta[c], theta, rtol=1e-5, atol=1e-6)
+        student = D.Student.sgd(_module(sizes, w0[c]), 1e-2, 1e-3)
+        with torch.no_grad():
+            probs = torch.softmax(_module(sizes, theta)(xs[c]), -1)
+        D.classification_distillation_loss(student.model(xs[c]), probs).backward()
+        student.optimizer.step()
+        torch.testing.assert_close(run.w[c], nn.utils.parameters_to_vector(student.model.parameters()).detach(),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_teacher_step_equals_sgld_on_each_member_for_the_same_draws():
     """One stacked SGLD step = for each member, neg_log_posterior + backward + bdk.samplers.SGLD at
     temperature 0 (the drift) plus sqrt(lr) times the same standard normal draw."""

@@ -851,7 +851,7 @@ class BostonConfig:
     SGLD step (a full pass over the training set). ``batched`` runs all splits as one stacked
     computation (``bdk.distill.StackedDistiller``); ``False`` runs them one after another."""
 
-    num_splits: int = 5
+    num_splits: int = 20
     hidden: int = 50
     prior_precision: float = 2.5
     noise_prior: tuple = (6.0, 6.0)
@@ -876,7 +876,7 @@ class BostonConfig:
 
 
 BOSTON_CONFIGS = {
-    "quick": BostonConfig(),
+    "quick": BostonConfig(num_splits=20, iterations=12_000, burn_in=2000),
     "paper": BostonConfig(num_splits=20, teacher_lr=1e-5, iterations=200_000, burn_in=20_000, sgd_iterations=20_000,
                           checkpoint_every=20_000),
 }
