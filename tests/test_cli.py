@@ -18,7 +18,7 @@ from bdk.__main__ import main
 from bdk.experiments import registry
 
 CHEAP = "blr-conjugate"  # a sub-second experiment of chapter 4
-# A checkpointing experiment (a bdk.distill.Distiller loop) cut down to a few seconds: one Boston split,
+# A checkpointing experiment (a bdk.distill.StackedDistiller loop) cut down to a few seconds: one Boston split,
 # 1,000 distillation iterations. --set changes its configuration (and so its cache key).
 RESUMABLE = ["bdk-boston", "--set", "num_splits=1", "--set", "iterations=1000", "--set", "burn_in=300",
              "--set", "sgd_iterations=100"]
@@ -103,7 +103,12 @@ def test_reproduce_writes_results_and_then_reads_the_cache(capsys, tmp_path, mon
     assert main(["reproduce", CHEAP, "--out", str(tmp_path)]) == 0
     second = capsys.readouterr().out
     assert "loaded cached result" in second
-    assert json.loads((folder / "results.json").read_text()) == results
+    again = json.loads((folder / "results.json").read_text())
+    assert again["results"] == results["results"]
+    # the provenance is that of the run that computed the results, marked as loaded from the cache
+    assert results["provenance"]["from_cache"] is False and again["provenance"]["from_cache"] is True
+    assert again["provenance"]["date"] == results["provenance"]["date"]
+    assert again["provenance"]["config"] == results["provenance"]["config"]
     # the outputs of these very results are already there: nothing is rendered again
     assert "are up to date" in second
     png = next(p for p in folder.iterdir() if p.suffix == ".png")
@@ -118,7 +123,9 @@ def test_chains_in_one_process_use_one_seed_each(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("BDK_PROFILE", "quick")
     assert main(["reproduce", CHEAP, "--chains", "2", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / CHEAP / "results.json").read_text())
-    assert len(results["chains"]) == 2
+    assert len(results["results"]["chains"]) == 2
+    # each chain's provenance names its own seed
+    assert [p["config"]["seed"] for p in results["provenance"]["chains"]] == [0, 1]
 
 
 @pytest.mark.slow
@@ -129,7 +136,7 @@ def test_two_torchrun_processes_gather_on_rank_zero(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((tmp_path / "out" / CHEAP / "results.json").read_text())
-    assert len(results["chains"]) == 2
+    assert len(results["results"]["chains"]) == 2
     # one cache file per seed, written by the two processes
     assert len(list(Path(tmp_path / "cache").glob(f"{CHEAP}-*.pt"))) == 2
 
@@ -143,8 +150,8 @@ def _env(cache):
 
 
 def _numbers(folder):
-    results = json.loads((folder / "bdk-boston" / "results.json").read_text())
-    results.pop("total_seconds")  # the wall time is the one field that may differ
+    results = json.loads((folder / "bdk-boston" / "results.json").read_text())["results"]
+    results.pop("total_seconds")  # the wall time is the one field that may differ (and the provenance)
     return results
 
 
@@ -169,7 +176,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_with_the_same_numbers
     # The same command again resumes, says so, and ends with exactly the uninterrupted run's numbers.
     resumed = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    match = re.search(r"resuming from step (\d+) \((bdk-boston-\w+-split0\.ckpt) in \$BDK_CACHE_DIR\)", resumed.stdout)
+    match = re.search(r"resuming from step (\d+) \((bdk-boston-\w+-stacked\.ckpt) in \$BDK_CACHE_DIR\)", resumed.stdout)
     assert match, resumed.stdout
     assert 50 <= int(match.group(1)) < 1000 and int(match.group(1)) % 50 == 0
     assert _numbers(tmp_path / "out") == _numbers(tmp_path / "ref")

@@ -85,13 +85,13 @@ def test_reproduce_record_writes_results_and_provenance(tmp_path):
     env = {"BDK_RECORDS_DIR": str(tmp_path / "records"), "BDK_CACHE_DIR": str(tmp_path / "cache"),
            "BDK_PROGRESS": "0", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     cmd = [sys.executable, "-m", "bdk", "reproduce", "bdk-boston", "--profile", "quick", "--set", "num_splits=2",
-           "--set", "iterations=900", "--record", "tiny", "--out", str(tmp_path / "out")]
+           "--set", "iterations=2100", "--record", "tiny", "--out", str(tmp_path / "out")]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "num_splits = 2   (set)" in done.stdout and "iterations = 900   (set)" in done.stdout
+    assert "num_splits = 2   (set)" in done.stdout and "iterations = 2100   (set)" in done.stdout
     record = json.loads((tmp_path / "records" / "bdk-boston.tiny.json").read_text())
     results = json.loads((tmp_path / "out" / "bdk-boston" / "results.json").read_text())
-    assert record["provenance"]["overrides"] == {"num_splits": 2, "iterations": 900}
+    assert record["provenance"]["overrides"] == {"num_splits": 2, "iterations": 2100}
     assert record["provenance"]["config"]["num_splits"] == 2
     assert results["provenance"]["config_hash"] == record["provenance"]["config_hash"]
     assert record["results"]["num_splits"] == 2 and len(record["results"]["splits"]) == 2

@@ -6,6 +6,7 @@ means something on a noisy machine. Targets (goals, not tests):
 - SGLD step / SGD step <= 1.10; pSGLD / RMSprop reported; `posteriors` SGLD / bdk SGLD >= 1;
 - IVON step / Adam step <= 1.25; `ivon-opt` IVON / bdk IVON >= 1;
 - one distillation iteration / one SGLD step <= 2.2;
+- 20 stacked Boston splits / one split, per iteration of Algorithm 1 <= 3;
 - S = 100 ensemble / student at test time >= 50;
 - vectorised predictive of S = 100 samples vs a Python loop: >= 10x on the toy net, >= 1x on the
   MNIST MLP on a CPU, >= 5x on a GPU.
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["run", "distillation_step_ratio", "sgld_noise_breakdown", "format_table", "cost_figure"]
+__all__ = ["run", "distillation_step_ratio", "sgld_noise_breakdown", "stacked_members_ratio", "format_table", "cost_figure"]
 
 
 def _sync(device: torch.device) -> None:
@@ -134,6 +135,67 @@ def sgld_noise_breakdown(sizes=(784, 400, 400, 10), batch_size: int = 100, repea
     }
 
 
+def stacked_members_ratio(members: int = 20, repeats: int = 15, steps_per_repeat: int = 50, device=None) -> dict[str, Any]:
+    """One iteration of Algorithm 1 on Boston housing (13-50-1 teacher, 13-50-2 student, the paper
+    profile's settings) for ``members`` splits stacked (``bdk.distill.StackedDistiller``), for one
+    split stacked, and for one split through the serial ``Distiller`` (``SGLDTeacher`` + ``Student``),
+    interleaved. ``stacked_over_one`` is what ``members`` splits cost against one; ``serial_over_stacked``
+    is the speed-up of the stacked path over running the splits one after another."""
+    import dataclasses
+
+    from .. import distill as D
+    from .._runtime import get_device
+    from ..data import load_boston
+    from .distill import BOSTON_CONFIGS
+
+    device = torch.device(device) if device is not None else get_device()
+    cfg = dataclasses.replace(BOSTON_CONFIGS["paper"], burn_in=0)
+    splits = [load_boston(split=k) for k in range(members)]
+
+    def stacked(C):
+        x = torch.stack([s.x_train for s in splits[:C]]).to(device)
+        y = torch.stack([s.y_train for s in splits[:C]]).to(device)
+        xt = torch.stack([s.x_test for s in splits[:C]]).to(device)
+        yt = torch.stack([s.y_test for s in splits[:C]]).to(device)
+        d = x.shape[2]
+        run = D.StackedDistiller(
+            x, y, (d, cfg.hidden, 1), (d, cfg.hidden, 2), D.mlp_init_flat((d, cfg.hidden, 1), C, device),
+            D.mlp_init_flat((d, cfg.hidden, 2), C, device), D.stacked_noise_inputs(x, cfg.input_noise_std),
+            task="regression", prior_precision=cfg.prior_precision, teacher_lr=cfg.teacher_lr, noise_precision=1.0,
+            noise_prior=cfg.noise_prior, noise_every=cfg.noise_every, student_lr=cfg.student_lr,
+            student_prior_precision=cfg.student_prior_precision, batch_size=cfg.batch_size,
+            student_batch_size=cfg.student_batch_size, thin=cfg.thin, ensemble_inputs={"test": xt},
+            ensemble_targets={"test": yt}, generator=torch.Generator(device=device).manual_seed(0))
+        return run.step
+
+    def serial():
+        s = splits[0]
+        x, y = s.x_train.to(device), s.y_train.to(device)
+        d = x.shape[1]
+        g = torch.Generator(device=device).manual_seed(0)
+        teacher = D.SGLDTeacher(D.mlp((d, cfg.hidden, 1)).to(device), x.shape[0], cfg.prior_precision, cfg.teacher_lr,
+                                likelihood="regression", noise_precision=1.0, noise_prior=cfg.noise_prior, x_full=x,
+                                y_full=y, generator=g, noise_every=cfg.noise_every)
+        student = D.Student.sgd(D.mlp((d, cfg.hidden, 2)).to(device), cfg.student_lr, cfg.student_prior_precision)
+        distiller = D.Distiller(teacher, student, x, y, D.gaussian_noise_inputs(x, cfg.input_noise_std),
+                                task="regression", batch_size=cfg.batch_size, student_batch_size=cfg.student_batch_size,
+                                thin=cfg.thin, ensemble_inputs={"test": s.x_test.to(device)},
+                                ensemble_targets={"test": s.y_test.to(device)}, generator=g)
+        return distiller.step
+
+    runners = {f"{members} splits stacked": stacked(members), "1 split stacked": stacked(1), "1 split serial": serial()}
+    times = time_interleaved(runners, repeats, steps_per_repeat, device)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "median_seconds": med,
+        "stacked_over_one": med[f"{members} splits stacked"] / med["1 split stacked"],
+        "serial_over_stacked": members * med["1 split serial"] / med[f"{members} splits stacked"],
+        "members": members,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def run(repeats: int = 30, device=None) -> dict[str, Any]:
     """Run every measurement and return the table rows and the raw timings."""
     from . import distill as dx
@@ -171,6 +233,13 @@ def run(repeats: int = 30, device=None) -> dict[str, Any]:
 
     raw["distill"] = distillation_step_ratio(repeats=max(5, repeats // 2), device=device)
     row("distillation iteration / SGLD step", raw["distill"]["distill_over_sgld"], 2.2)
+
+    raw["stacked"] = stacked_members_ratio(repeats=max(5, repeats // 2), device=device)
+    per_iter = 1e3 * raw["stacked"]["median_seconds"]["20 splits stacked"]
+    row("Boston: 20 stacked splits / 1 split, per iteration", raw["stacked"]["stacked_over_one"], 3.0,
+        note=f"{per_iter:.2f} ms per iteration for all 20 (13-50-1 teacher + 13-50-2 student)")
+    row("Boston: 20 splits one after another / stacked", raw["stacked"]["serial_over_stacked"], None, better="higher",
+        note="the serial Distiller per split against StackedDistiller")
 
     raw["predictive_mlp"] = sx.predictive_speedup(sizes=(784, 400, 400, 10), num_samples=100, num_inputs=1000,
                                                   device=device)

@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-__all__ = ["Quantity", "QUANTITIES", "comparison_table", "distance", "record_or_none", "provenance_note"]
+__all__ = ["Quantity", "QUANTITIES", "comparison_table", "distance", "record_or_none", "provenance_note", "side_by_side",
+           "as_tensors"]
 
 
 @dataclass(frozen=True)
@@ -159,3 +160,25 @@ def comparison_table(experiments: Sequence[str] | str, quick: dict[str, Any] | N
         lines.append("| " + " | ".join([q.label, _fmt(q.paper, q.digits), _fmt(ours, q.digits), zs,
                                         _fmt(quick_value, q.digits)]) + " |")
     return "\n".join(lines)
+
+
+def side_by_side(name: str, quick: Any, label: str | None = None, labels: Sequence[str] | None = None):
+    """``(record, markdown)`` for a chapter page: the comparison table of experiment ``name`` (the
+    paper, the record ``data/records/NAME[.LABEL].json``, this build's ``quick`` results) and the
+    record's one-line provenance under it."""
+    record = record_or_none(name, label)
+    table = comparison_table(name, {name: quick}, {name: record}, labels=labels)
+    return record, table + "\n\n" + provenance_note(record)
+
+
+def as_tensors(results: dict, keys: Sequence[str]) -> dict:
+    """A copy of recorded ``results`` with the JSON lists under ``keys`` (and, for a dict, under each of
+    its entries) turned back into tensors, so the plotting functions take a record like a fresh run."""
+    import torch
+
+    def conv(v):
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return torch.tensor(v)
+
+    return {**results, **{k: conv(results[k]) for k in keys}}
