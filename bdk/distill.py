@@ -587,15 +587,17 @@ class EnsembleAverage:
             acc = self.sums.setdefault(name, {})
             if self.task == "classification":
                 acc["probs"] = acc.get("probs", 0) + pred.double()
-            else:
+            else:  # noise_var: a number, or a tensor broadcastable to the means (one per stacked member)
                 mean, noise_var = pred
                 mean = mean.double()
+                noise_var = noise_var.double() if torch.is_tensor(noise_var) else float(noise_var)
                 acc["m1"] = acc.get("m1", 0) + mean
                 acc["m2"] = acc.get("m2", 0) + mean.pow(2)
-                acc["noise_var"] = acc.get("noise_var", 0) + float(noise_var)
+                acc["noise_var"] = acc.get("noise_var", 0) + noise_var
                 if name in self.targets:
                     y = self.targets[name].double()
-                    logp = -0.5 * math.log(2 * math.pi * noise_var) - 0.5 * (y - mean).pow(2) / noise_var
+                    log_norm = torch.log(2 * math.pi * noise_var) if torch.is_tensor(noise_var) else math.log(2 * math.pi * noise_var)
+                    logp = -0.5 * log_norm - 0.5 * (y - mean).pow(2) / noise_var
                     acc["logsumexp"] = logp if "logsumexp" not in acc else torch.logaddexp(acc["logsumexp"], logp)
 
     def result(self, name: str):
@@ -998,12 +1000,9 @@ class StackedDistiller:
         self.batch_size = batch_size
         self.student_batch_size = batch_size if student_batch_size is None else int(student_batch_size)
         self.burn_in, self.thin = burn_in, thin
-        self.inputs = dict(ensemble_inputs or {})
-        self.targets = dict(ensemble_targets or {})
+        self.averages = EnsembleAverage(ensemble_inputs or {}, task, ensemble_targets)
         self.generator = generator
         self.iteration = 0
-        self.count = 0
-        self.sums: dict[str, dict[str, torch.Tensor]] = {}
         self.history: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
         self._perm, self._cursor = None, 0
 
@@ -1082,24 +1081,6 @@ class StackedDistiller:
             self.w = self.w - lr * (grad + self.student_prior_precision * self.w)
         return loss
 
-    @torch.no_grad()
-    def _average(self) -> None:
-        self.count += 1
-        for name, xe in self.inputs.items():
-            acc = self.sums.setdefault(name, {})
-            pred = self.teacher_predict(xe)
-            if self.task == "classification":
-                acc["probs"] = acc.get("probs", 0) + pred.double()
-                continue
-            mean, noise_var = pred[0].double(), pred[1].double()
-            acc["m1"] = acc.get("m1", 0) + mean
-            acc["m2"] = acc.get("m2", 0) + mean.pow(2)
-            acc["noise_var"] = acc.get("noise_var", 0) + noise_var
-            if name in self.targets:
-                yt = self.targets[name].double()
-                logp = -0.5 * torch.log(2 * math.pi * noise_var) - 0.5 * (yt - mean).pow(2) / noise_var
-                acc["logsumexp"] = logp if "logsumexp" not in acc else torch.logaddexp(acc["logsumexp"], logp)
-
     def step(self) -> None:
         """One iteration of Algorithm 1 for every member."""
         t = self.iteration
@@ -1125,39 +1106,22 @@ class StackedDistiller:
                                          f"{float(s_loss[c])}. Lower its learning rate or raise its prior precision.")
             if record:
                 self.history["student"].append(s_loss)
-            if self.inputs and (step - self.burn_in) % self.thin == 0:
-                self._average()
+            if self.averages.inputs and (step - self.burn_in) % self.thin == 0:
+                self.averages.update(self)  # the running averages call self.predict
         self.iteration = step
 
-    def run(self, num_iterations: int, checkpointer: Checkpointer | None = None, desc: str = "stacked distillation"):
-        """Iterate until ``num_iterations`` in total, resuming from ``checkpointer`` if it holds a state."""
-        if not (isinstance(num_iterations, int) and num_iterations >= 0):
-            raise ValueError(f"num_iterations must be an integer >= 0, got {num_iterations!r}.")
-        if checkpointer is not None:
-            state = checkpointer.load()
-            if state is not None:
-                self.load_state_dict(state)
-        for _ in progress(range(self.iteration, num_iterations), desc=desc, total=max(0, num_iterations - self.iteration)):
-            self.step()
-            if checkpointer is not None:
-                checkpointer.maybe_save(self.iteration, self.state_dict)
-        return self
+    # the same loop as Distiller.run: progress bar, checkpoint loaded before and saved every `every` iterations
+    run = Distiller.run
 
     # -- results ------------------------------------------------------------------------------------
     def ensemble(self, name: str):
-        """The members' ensemble predictives on input set ``name``: probabilities ``(C, n, K)``, or a dict
-        of ``mean``, ``var`` (moment-matched) and, with targets, ``log_lik`` (the mixture's), each ``(C, n)``."""
-        if self.count == 0:
-            raise RuntimeError("no teacher sample has been averaged yet (is the run past its burn-in?).")
-        acc = self.sums[name]
-        if self.task == "classification":
-            return (acc["probs"] / self.count).float()
-        mean = acc["m1"] / self.count
-        var = (acc["m2"] / self.count - mean.pow(2)).clamp_min(0) + acc["noise_var"] / self.count
-        out = {"mean": mean.float(), "var": var.float()}
-        if "logsumexp" in acc:
-            out["log_lik"] = (acc["logsumexp"] - math.log(self.count)).float()
-        return out
+        """The members' ensemble predictives on input set ``name`` (:meth:`EnsembleAverage.result`, one
+        row per member): probabilities ``(C, n, K)``, or ``mean``, ``var`` and ``log_lik``, each ``(C, n)``."""
+        return self.averages.result(name)
+
+    def predict(self, xs: torch.Tensor):
+        """The teachers' current predictives (what :class:`EnsembleAverage` averages); see :meth:`teacher_predict`."""
+        return self.teacher_predict(xs)
 
     @torch.no_grad()
     def student_predict(self, xs: torch.Tensor):
@@ -1175,7 +1139,7 @@ class StackedDistiller:
         """Everything needed to resume exactly (parameters, noise precisions, RNG, minibatch order, sums)."""
         return {"iteration": self.iteration, "theta": self.theta, "w": self.w, "tau": self.tau,
                 "generator": None if self.generator is None else self.generator.get_state(),
-                "perm": self._perm, "cursor": self._cursor, "count": self.count, "sums": self.sums,
+                "perm": self._perm, "cursor": self._cursor, "averages": self.averages.state_dict(),
                 "history": {k: list(v) for k, v in self.history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -1191,8 +1155,9 @@ class StackedDistiller:
             self.generator.set_state(state["generator"])
         self._perm = None if state["perm"] is None else state["perm"].to(dev)
         self._cursor = state["cursor"]
-        self.count = state["count"]
-        self.sums = {n: {k: v.to(dev) if torch.is_tensor(v) else v for k, v in acc.items()} for n, acc in state["sums"].items()}
+        averages = state["averages"]
+        self.averages.load_state_dict({"count": averages["count"], "sums": {
+            n: {k: v.to(dev) if torch.is_tensor(v) else v for k, v in acc.items()} for n, acc in averages["sums"].items()}})
         self.history = {k: list(v) for k, v in state["history"].items()}
 
 

@@ -53,6 +53,8 @@ __all__ = [
     "adaptive_table",
     "von_report",
     "optimizer_table",
+    "von_references_record",
+    "von_optimizer_record",
 ]
 
 DTYPE = torch.float64
@@ -942,6 +944,41 @@ def _optimizer_summary(res: dict) -> str:
     return head + _markdown(rows)
 
 
+def von_references_record(res: dict, grid_points: int = 61, trace_points: int = 80) -> dict:
+    """What ``data/records/blr-von-references.json`` keeps of :func:`von_vs_references`: every estimate
+    and reference (means, covariances, standard errors, the grid posterior's moments and border mass),
+    the grid density on about ``grid_points`` evenly spaced points of each axis (every ``grid_stride``-th
+    point of the computed grid), and each VON chain's mean and
+    covariance at ``trace_points`` log-spaced steps (``von_trace``: what :func:`plot_von_convergence`
+    draws, on its log axis), not every step of every chain."""
+    grid = res["grid"]
+    grid_stride = max(1, (len(grid["a"]) - 1) // (grid_points - 1))
+    g = {"a": grid["a"][::grid_stride], "b": grid["b"][::grid_stride],
+         "density": grid["density"][::grid_stride, ::grid_stride], "grid_stride": grid_stride,
+         "num_points": len(grid["a"]), "mean": grid["mean"], "covariance": grid["covariance"],
+         "edge_mass": grid["edge_mass"]}
+    length = len(res["von_chains"][0]["mean"])
+    keep = np.unique(np.geomspace(1, length, trace_points).round().astype(int)) - 1
+    trace = {"index": keep,
+             "mean": torch.stack([c["mean"][keep] for c in res["von_chains"]]),
+             "covariance": torch.stack([torch.linalg.inv(c["precision"][keep]) for c in res["von_chains"]])}
+    kept = {k: v for k, v in res.items() if k not in ("grid", "von_chains", "potential", "von_state")}
+    covariances = {name: res[name].covariance() for name in ("laplace", "vi", "blr_quadrature")}
+    return {**kept, "grid": g, "von_trace": trace, "num_chains": len(res["von_chains"]),
+            "num_steps": length - 1, "covariances": covariances}
+
+
+def von_optimizer_record(res: dict, trace_points: int = 100) -> dict:
+    """What ``data/records/blr-von-optimizer.json`` keeps of :func:`von_optimizer_experiment`: every
+    number, and the runs' means on ``trace_points`` evenly spaced steps of the averaged second half
+    (``mean_trajectory_index``) instead of every step."""
+    traj = res["mean_trajectory"]
+    keep = np.unique(np.linspace(0, len(traj) - 1, min(trace_points, len(traj))).round().astype(int))
+    kept = {k: v for k, v in res.items() if k != "mean_trajectory"}
+    return {**kept, "mean_trajectory": traj[keep], "mean_trajectory_index": keep,
+            "mean_field_covariance": res["mean_field"].covariance()}
+
+
 def _register() -> None:
     from .registry import Experiment, register
 
@@ -953,6 +990,7 @@ def _register() -> None:
         "blr-von-references", "blr", "VON with Monte Carlo vs the Gaussian VI optimum, Laplace and the grid posterior",
         CONFIGS, von_vs_references, summary=lambda r: _markdown(summary_table(r)),
         figures=lambda r: {"blr-posterior": plot_posterior_comparison(r), "blr-von-convergence": plot_von_convergence(r)},
+        record=von_references_record,
     ))
     register(Experiment(
         "blr-conjugate", "blr", "one BLR step with rho = 1 on Bayesian linear regression vs the exact posterior",
@@ -960,7 +998,7 @@ def _register() -> None:
     ))
     register(Experiment(
         "blr-von-optimizer", "blr", "the VON optimizer on an nn.Module vs the functional VON and the mean-field optimum",
-        CONFIGS, von_optimizer_experiment, summary=_optimizer_summary,
+        CONFIGS, von_optimizer_experiment, summary=_optimizer_summary, record=von_optimizer_record,
     ))
 
 

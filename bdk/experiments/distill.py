@@ -697,7 +697,8 @@ def table3(results: dict) -> str:
         mean, se = results["summary"][m]["error"]
         rows.append([m, _pm(paper[m]["mean"], paper[m]["se"]), _pm(mean, se, 2)])
     return markdown_table(["method", "test error % (paper, full MNIST, 10 runs)",
-                           f"test error % (ours, {results['num_train']} train / {results['num_test']} test, "
+                           f"{_on(results)} error % (ours, {results['num_train']} train / {results['num_test']} "
+                           f"{_on(results)}, "
                            f"{results['num_runs']} run{'s' if results['num_runs'] > 1 else ''})"], rows)
 
 
@@ -708,7 +709,13 @@ def table4(results: dict) -> str:
     for m in ("SGD", "SGLD", "Distilled SGLD"):
         mean, se = results["summary"][m]["log_lik"]
         rows.append([m, _pm(paper[m]["mean"], paper[m]["se"], 4), _pm(mean, se, 4)])
-    return markdown_table(["method", "test log-lik. (paper)", f"test log-lik. (ours, {results['num_train']} train)"], rows)
+    return markdown_table(["method", "test log-lik. (paper)",
+                           f"{_on(results)} log-lik. (ours, {results['num_train']} train)"], rows)
+
+
+def _on(results: dict) -> str:
+    """``"test"``, or ``"validation"`` for a run that held out training digits (``MnistConfig.validation``)."""
+    return "validation" if results.get("evaluated_on", "test").startswith("validation") else "test"
 
 
 def cost_table(cost: dict) -> str:

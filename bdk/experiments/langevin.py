@@ -38,6 +38,9 @@ __all__ = [
     "plot_mala",
     "animate_relaxation",
     "fit_loglog_slope",
+    "histograms_record",
+    "fokker_planck_record",
+    "mala_record",
 ]
 
 
@@ -722,16 +725,61 @@ def animate_relaxation(
 
 
 # ---------------------------------------------------------------------------------------------
+# records: what ``--record`` keeps of a run (histograms of the particles, never the particles)
+# ---------------------------------------------------------------------------------------------
+
+
+def histograms_record(res: dict) -> dict:
+    """What ``data/records/langevin-histograms.json`` keeps: every number of :func:`run_histograms` but the
+    final particles, which are replaced by their counts in the bins of the TV distance (``final_counts``:
+    1-D on the double well, 2-D on the banana) and their number."""
+    out = {}
+    for name, r in res.items():
+        final = np.asarray(r["final"])
+        if name == "banana":
+            counts, _, _ = np.histogram2d(final[:, 0], final[:, 1], bins=[np.asarray(e) for e in r["edges"]])
+        else:
+            counts, _ = np.histogram(final[:, 0], bins=np.asarray(r["edges"]))
+        out[name] = {**{k: v for k, v in r.items() if k != "final"}, "final_counts": counts.astype(np.int64),
+                     "num_particles": len(final)}
+    return out
+
+
+def fokker_planck_record(res: dict) -> dict:
+    """What ``data/records/langevin-fokker-planck.json`` keeps: every number of :func:`run_fokker_planck`
+    but the particle snapshots, which are replaced by their counts in ``bin_edges`` at each time
+    (``particle_counts``, one row per time) and their number."""
+    particles = np.asarray(res["particles"])
+    edges = np.asarray(res["bin_edges"])
+    counts = np.stack([np.histogram(snap, bins=edges)[0] for snap in particles]).astype(np.int64)
+    kept = {k: v for k, v in res.items() if k != "particles"}
+    return {**kept, "particle_counts": counts, "num_particles": particles.shape[1]}
+
+
+def mala_record(res: dict) -> dict:
+    """What ``data/records/langevin-mala.json`` keeps: every number of :func:`run_mala` but the final
+    Euler-Maruyama and MALA particles, which are replaced by their counts in the bins of the TV distance
+    (``em_counts``, ``mala_counts`` on ``bin_edges``: enough for both panels of :func:`plot_mala`)."""
+    kept = {k: v for k, v in res.items() if k not in ("em", "mala")}
+    counts = {f"{k}_counts": np.histogram(np.asarray(res[k])[:, 0], bins=DW_EDGES)[0].astype(np.int64)
+              for k in ("em", "mala")}
+    return {**kept, **counts, "bin_edges": DW_EDGES, "num_particles": len(res["em"])}
+
+
+# ---------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------
 
 _CHAPTER = "book/langevin.ipynb"
-for _name, _run, _plot, _description in (
+for _name, _run, _plot, _record, _description in (
     ("langevin-histograms", run_histograms, lambda r: {"histograms": plot_histograms(r), "convergence": plot_convergence(r)},
-     "Euler-Maruyama particles converge to the Gibbs density (double well, banana)"),
-    ("langevin-bias", run_bias, lambda r: {"bias": plot_bias(r)}, "discretisation bias of Euler-Maruyama against the step size"),
+     histograms_record, "Euler-Maruyama particles converge to the Gibbs density (double well, banana)"),
+    ("langevin-bias", run_bias, lambda r: {"bias": plot_bias(r)}, None,
+     "discretisation bias of Euler-Maruyama against the step size"),
     ("langevin-fokker-planck", run_fokker_planck, lambda r: {"fokker_planck": plot_fokker_planck(r)},
-     "Fokker-Planck density flow with particles on top"),
-    ("langevin-mala", run_mala, lambda r: {"mala": plot_mala(r)}, "MALA is exact at a large step; acceptance against step size"),
+     fokker_planck_record, "Fokker-Planck density flow with particles on top"),
+    ("langevin-mala", run_mala, lambda r: {"mala": plot_mala(r)}, mala_record,
+     "MALA is exact at a large step; acceptance against step size"),
 ):
-    register(Experiment(name=_name, chapter=_CHAPTER, description=_description, configs=CONFIGS, run=_run, figures=_plot))
+    register(Experiment(name=_name, chapter=_CHAPTER, description=_description, configs=CONFIGS, run=_run, figures=_plot,
+                        record=_record))

@@ -39,6 +39,8 @@ __all__ = [
     "boston_design",
     "gaussian_kl",
     "closest_gibbs_temperature",
+    "quadratic_record",
+    "two_temperatures_record",
 ]
 
 
@@ -596,21 +598,56 @@ def plot_minibatch_scatter(res: dict):
 
 
 # ---------------------------------------------------------------------------------------------
+# records: what ``--record`` keeps of a run (histograms of the iterates, never the iterates)
+# ---------------------------------------------------------------------------------------------
+
+
+def quadratic_record(res: dict, bins: int = 60) -> dict:
+    """What ``data/records/sgd-sde-quadratic.json`` keeps: every number of :func:`run_quadratic` but the
+    iterates at ``histogram_lr``, which are replaced by their histogram (``hist_edges``, ``hist_density``,
+    ``bins`` bins over their range, as :func:`plot_quadratic` draws them) and their number."""
+    samples = np.asarray(res["samples"])
+    density, edges = np.histogram(samples, bins=bins, density=True)
+    kept = {k: v for k, v in res.items() if k != "samples"}
+    return {**kept, "hist_edges": edges, "hist_density": density, "num_chains": len(samples)}
+
+
+def two_temperatures_record(res: dict, bins: int = 40) -> dict:
+    """What ``data/records/sgd-sde-two-temperatures.json`` keeps: every number of
+    :func:`run_two_temperatures` but the iterates, which are replaced, per case, by their 2-D histogram
+    (``hist_edges`` and ``hist_density``, ``bins x bins`` over 3.2 standard deviations of the exact law on
+    each axis) and their number."""
+    out = {}
+    for name, r in res.items():
+        if not isinstance(r, dict):
+            out[name] = r
+            continue
+        samples = np.asarray(r["samples"])
+        half = 3.2 * np.sqrt(np.diag(np.asarray(r["exact_cov"])))
+        edges = [np.linspace(-w, w, bins + 1) for w in half]
+        density, _, _ = np.histogram2d(samples[:, 0], samples[:, 1], bins=edges, density=True)
+        out[name] = {**{k: v for k, v in r.items() if k != "samples"}, "hist_edges": edges, "hist_density": density,
+                     "num_chains": len(samples)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------
 
 _CHAPTER = "book/sgd-sde.ipynb"
-for _name, _run, _plot, _description in (
-    ("sgd-sde-quadratic", run_quadratic, lambda r: {"quadratic": plot_quadratic(r)},
+for _name, _run, _plot, _record, _description in (
+    ("sgd-sde-quadratic", run_quadratic, lambda r: {"quadratic": plot_quadratic(r)}, quadratic_record,
      "stationary variance of noisy SGD on a quadratic: measured, exact, SDE"),
-    ("sgd-sde-flux", run_diffusion_flux, lambda r: {"flux": plot_diffusion_flux(r)},
+    ("sgd-sde-flux", run_diffusion_flux, lambda r: {"flux": plot_diffusion_flux(r)}, None,
      "the diffusive flux -(1/2) eta^2 sigma^2 rho' of one SGD step"),
-    ("sgd-sde-equipartition", run_equipartition, lambda r: {"equipartition": plot_equipartition(r)},
+    ("sgd-sde-equipartition", run_equipartition, lambda r: {"equipartition": plot_equipartition(r)}, None,
      "Hessian-normalised quadratic: equipartition, and noise proportional to the Hessian"),
     ("sgd-sde-two-temperatures", run_two_temperatures, lambda r: {"two_temperatures": plot_two_temperatures(r)},
-     "two temperatures in 2-D, and per-parameter rates that restore a Gibbs density"),
+     two_temperatures_record, "two temperatures in 2-D, and per-parameter rates that restore a Gibbs density"),
     ("sgd-sde-boston", run_minibatch_regression,
-     lambda r: {"boston": plot_minibatch_regression(r), "boston_scatter": plot_minibatch_scatter(r)},
+     lambda r: {"boston": plot_minibatch_regression(r), "boston_scatter": plot_minibatch_scatter(r)}, None,
      "minibatch SGD on Boston housing: gradient-noise and stationary covariances"),
 ):
-    register(Experiment(name=_name, chapter=_CHAPTER, description=_description, configs=CONFIGS, run=_run, figures=_plot))
+    register(Experiment(name=_name, chapter=_CHAPTER, description=_description, configs=CONFIGS, run=_run, figures=_plot,
+                        record=_record))
