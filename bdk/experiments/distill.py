@@ -57,6 +57,7 @@ __all__ = [
     "boston",
     "table5",
     "boston_record_summary",
+    "mnist_record_summary",
     "paper_numbers",
     "markdown_table",
     "time_predictive",
@@ -686,6 +687,32 @@ def _mnist(cfg: MnistConfig) -> dict:
         "num_runs": cfg.num_runs, "num_params": D.mlp_num_params(sizes), "device": str(device),
         "total_seconds": time.perf_counter() - start,
     }
+
+
+def mnist_record_summary(results: dict) -> str:
+    """What an MNIST run shows beyond its tables, in sentences computed from it (Markdown): the
+    ordering of the three predictors in error and log-likelihood, their mean predictive entropies
+    on test digits and on Fashion-MNIST, and whether the teacher's potential had settled."""
+    s = results["summary"]
+    methods = ("SGD", "SGLD", "Distilled SGLD")
+    by_ll = sorted(methods, key=lambda m: -s[m]["log_lik"][0])
+    by_err = sorted(methods, key=lambda m: s[m]["error"][0])
+    run = results["runs"][0]
+    ent = {panel: {m: float(torch.as_tensor(v, dtype=torch.float64).mean()) for m, v in values.items()}
+           for panel, values in run["entropy"].items()}
+    U = torch.as_tensor(run["history"]["teacher"], dtype=torch.float64)
+    quarter = max(1, len(U) // 4)
+    late, last = float(U[-2 * quarter:-quarter].mean()), float(U[-quarter:].mean())
+    lines = [
+        "* **Ordering.** By test error: " + " < ".join(f"{m} ({s[m]['error'][0]:.2f}%)" for m in by_err)
+        + ". By test log-likelihood: " + " > ".join(f"{m} ({s[m]['log_lik'][0]:.4f})" for m in by_ll) + ".",
+        "* **Confidence.** Mean predictive entropy on the test digits: "
+        + ", ".join(f"{m} {ent['in-distribution'][m]:.3f}" for m in methods) + " nats; on Fashion-MNIST: "
+        + ", ".join(f"{m} {ent['Fashion-MNIST'][m]:.3f}" for m in methods) + " nats.",
+        f"* **The chain.** The teacher's minibatch potential $\hat U$ averaged {late:,.0f} over the third quarter "
+        f"of the run and {last:,.0f} over the last ({100 * (last - late) / abs(late):+.1f}%).",
+    ]
+    return "\n".join(lines)
 
 
 def table3(results: dict) -> str:
