@@ -178,7 +178,7 @@ class ToyClassificationConfig:
     iterations: int = 3500
     burn_in: int = 500
     thin: int = 5
-    student_lr: float = 0.01
+    student_lr: float = 1e-3
     student_final_lr_fraction: float = 0.02
     student_prior_precision: float = 0.0
     student_batch_size: int = 100
@@ -186,10 +186,16 @@ class ToyClassificationConfig:
     seed: int = 0
 
 
+# The students' Adam rate is chosen per profile among 1e-2, 3e-3, 1e-3 (and 3e-4 for the paper's
+# length) by the mean KL from the SGLD ensemble to the three students on the grid: a criterion that
+# uses the teacher only, never the HMC reference the table scores them by. A larger rate kills
+# hidden units (ReLUs that are negative on the whole input square), which is what held the students
+# of an earlier rate of 1e-2 at KL 0.017-0.019 whatever their size.
 TOY_CLASSIFICATION_CONFIGS = {
     "quick": ToyClassificationConfig(),
     "paper": ToyClassificationConfig(hmc_chains=400, hmc_burn_in=1000, hmc_samples=1000, hmc_leapfrog=20,
-                                     iterations=100_500, burn_in=500, thin=100, checkpoint_every=20_000),
+                                     iterations=100_500, burn_in=500, thin=100, student_lr=3e-4,
+                                     checkpoint_every=20_000),
 }
 
 TOY_STUDENTS = {"2-10-2": (2, 10, 2), "2-100-2": (2, 100, 2), "2-10-10-2": (2, 10, 10, 2)}
