@@ -404,3 +404,17 @@ def test_time_predictive_reports_every_ensemble_size():
     assert cost["param_bytes"] == [vectors.shape[1] * 4, 6 * vectors.shape[1] * 4]
     with pytest.raises(ValueError, match="only 6 were kept"):
         E.time_predictive(model, vectors, student, torch.randn(4, 5), num_samples=(7,))
+
+
+def test_alive_units_counts_relus_positive_somewhere_on_the_box():
+    from bdk.experiments import distill as E
+
+    torch.manual_seed(0)
+    model = D.mlp((2, 4, 3, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([1.0, -1.0, 0.5, -0.1]))  # two units dead everywhere
+        model[0].weight[3, 0] = 1.0  # ... but this one is positive for x1 > 0.1
+        model[2].weight.fill_(1.0)
+        model[2].bias.copy_(torch.tensor([0.0, -100.0, 1.0]))  # the second one is dead
+    assert E.alive_units(model, -3.0, 3.0) == [3, 2]

@@ -201,6 +201,23 @@ TOY_CLASSIFICATION_CONFIGS = {
 TOY_STUDENTS = {"2-10-2": (2, 10, 2), "2-100-2": (2, 100, 2), "2-10-10-2": (2, 10, 10, 2)}
 
 
+def alive_units(model: nn.Sequential, low, high, grid_size: int = 101) -> list[int]:
+    """Hidden ReLU units of an MLP that are positive somewhere on the box ``[low, high]^d`` (per hidden
+    layer), checked on a ``grid_size``-point grid per dimension (the first layer, affine in the
+    input, is exact at the corners too). A unit negative on the whole box is dead for every student
+    input and gets no gradient again."""
+    d = model[0].in_features
+    lin = torch.linspace(low, high, grid_size if d <= 2 else 3)
+    pts = torch.stack(torch.meshgrid(*[lin] * d, indexing="ij"), -1).reshape(-1, d).to(next(model.parameters()).device)
+    counts, h = [], pts
+    with torch.no_grad():
+        for layer in model[:-1]:
+            h = layer(h)
+            if isinstance(layer, nn.Linear):
+                counts.append(int((h.max(0).values > 0).sum()))
+    return counts
+
+
 def _adam_student(model, lr, prior_precision, num_steps, final_fraction):
     """A student trained by Adam (weight decay = its prior precision), its rate decayed linearly from
     ``lr`` to ``final_fraction * lr`` over ``num_steps`` steps (the paper uses SGD; Adam reached a
@@ -317,6 +334,7 @@ def _toy_classification(cfg: ToyClassificationConfig) -> dict:
         "kl_far_from_data": kl_far,
         "fraction_near_data": float(near.float().mean()),
         "kl_students_to_sgld": {n: float(D.categorical_kl(p_sgld, p).mean()) for n, p in p_students.items()},
+        "alive_units": {n: alive_units(s.model, *TOY2D_DOMAIN) for n, s in students.items()},
         "num_params": num_params,
         "hmc_acceptance": acceptance,
         "hmc_num_samples": int(samples.shape[0] * samples.shape[1]),
