@@ -39,6 +39,8 @@ __all__ = [
     "TOY_CLASSIFICATION_CONFIGS",
     "toy_classification",
     "table2",
+    "toy_students_table",
+    "alive_units",
     "ToyRegressionConfig",
     "TOY_REGRESSION_CONFIGS",
     "toy_regression",
@@ -343,6 +345,19 @@ def _toy_classification(cfg: ToyClassificationConfig) -> dict:
         "total_seconds": sum(seconds.values()),
         "history": distiller.history,
     }
+
+
+def toy_students_table(results: dict) -> str:
+    """Each student of a toy run: KL from HMC, KL from the SGLD ensemble it was distilled from, and
+    its hidden units alive on the input square (Markdown)."""
+    rows = []
+    for name, kl_sgld in results["kl_students_to_sgld"].items():
+        alive = results.get("alive_units", {}).get(name)
+        widths = [int(w) for w in name.split("-")[1:-1]]
+        alive_text = "–" if alive is None else " + ".join(f"{a} of {w}" for a, w in zip(alive, widths))
+        rows.append([f"Distilled {name}", f"{results['kl'][f'Distilled {name}']:.4f}", f"{kl_sgld:.4f}", alive_text])
+    rows.append(["SGLD ensemble (the teacher)", f"{results['kl']['SGLD']:.4f}", "0", "–"])
+    return markdown_table(["predictive", "KL from HMC", "KL from the SGLD ensemble", "hidden units alive"], rows)
 
 
 def table2(results: dict) -> str:
