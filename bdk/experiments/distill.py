@@ -401,6 +401,7 @@ class ToyRegressionConfig:
     burn_in: int = 1000
     thin: int = 10
     student_lr: float = 1e-2
+    student_lr_candidates: tuple = ()
     student_final_lr_fraction: float = 0.02
     student_prior_precision: float = 1e-3
     student_batch_size: int = 50
@@ -411,7 +412,8 @@ class ToyRegressionConfig:
 TOY_REGRESSION_CONFIGS = {
     "quick": ToyRegressionConfig(),
     "paper": ToyRegressionConfig(hmc_chains=256, hmc_burn_in=1000, hmc_samples=1000, hmc_leapfrog=20,
-                                 sgd_iterations=5000, iterations=201_000, burn_in=1000, thin=20, checkpoint_every=20_000),
+                                 sgd_iterations=5000, iterations=201_000, burn_in=1000, thin=20,
+                                 student_lr_candidates=(1e-2, 3e-3, 1e-3), checkpoint_every=20_000),
 }
 
 
@@ -464,15 +466,25 @@ def _toy_regression(cfg: ToyRegressionConfig) -> dict:
     g = _generator(cfg.seed + 2, device)
     teacher = D.SGLDTeacher(D.mlp(sizes).to(device), x.shape[0], cfg.prior_precision, cfg.teacher_lr,
                             likelihood="regression", noise_precision=tau, generator=g)
-    student = _adam_student(_regression_student(1, cfg.hidden).to(device), cfg.student_lr, cfg.student_prior_precision,
-                            cfg.iterations - cfg.burn_in, cfg.student_final_lr_fraction)
+    # One student per candidate rate, all distilled from the same teacher chain; the reported student is
+    # the one closest to the SGLD ensemble (a criterion that does not use the HMC reference).
+    rates = cfg.student_lr_candidates or (cfg.student_lr,)
+    candidates = {f"lr={lr:g}": _adam_student(_regression_student(1, cfg.hidden).to(device), lr, cfg.student_prior_precision,
+                                              cfg.iterations - cfg.burn_in, cfg.student_final_lr_fraction)
+                  for lr in rates}
     distiller = D.Distiller(
-        teacher, student, x, y, D.uniform_inputs(cfg.plot_limits[0], cfg.plot_limits[1], device=device),
+        teacher, candidates, x, y, D.uniform_inputs(cfg.plot_limits[0], cfg.plot_limits[1], device=device),
         task="regression", batch_size=cfg.batch_size, student_batch_size=cfg.student_batch_size, burn_in=cfg.burn_in,
         thin=cfg.thin, ensemble_inputs={"grid": grid}, generator=g,
     )
     _run(distiller, cfg.iterations, _checkpointer("bdk-toy-regression", cfg, cfg.checkpoint_every), "distilled SGLD (cubic)")
     sgld = distiller.ensemble.result("grid")
+    to_sgld = {}
+    for name, cand in candidates.items():
+        m, v = cand.predict(grid, "regression")
+        to_sgld[name] = float(D.gaussian_kl(sgld["mean"], sgld["var"], m, v).mean())
+    chosen = min(to_sgld, key=to_sgld.get)
+    student = candidates[chosen]
     s_mean, s_var = student.predict(grid, "regression")
     seconds["SGLD + student"] = time.perf_counter() - t0
 
@@ -492,6 +504,11 @@ def _toy_regression(cfg: ToyRegressionConfig) -> dict:
         "kl": {k: kl(v) for k, v in preds.items() if k != "HMC"},
         "kl_data_range": {k: kl_in(v) for k, v in preds.items() if k != "HMC"},
         "kl_student_to_sgld": float(D.gaussian_kl(sgld["mean"], sgld["var"], s_mean, s_var).mean()),
+        "alive_units": alive_units(student.model, *cfg.plot_limits),
+        "student_candidates": {n: {"kl_to_sgld": to_sgld[n], "alive_units": alive_units(c.model, *cfg.plot_limits),
+                                   "kl_to_hmc": kl(dict(zip(("mean", "var"), c.predict(grid, "regression"))))}
+                               for n, c in candidates.items()},
+        "student_chosen": chosen,
         "kl_hmc_halves": float(D.gaussian_kl(half_a["mean"], half_a["var"], half_b["mean"], half_b["var"]).mean()),
         "hmc_acceptance": acceptance,
         "hmc_num_samples": int(samples.shape[0] * samples.shape[1]),
