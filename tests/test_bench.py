@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("SGLD step / SGD step", "pSGLD step / RMSprop step", "IVON step / Adam step", "posteriors SGLD / bdk SGLD",
             "ivon-opt IVON / bdk IVON", "distillation iteration / SGLD step",
             "vectorised predictive speed-up, MNIST MLP", "vectorised predictive speed-up, toy",
-            "ensemble / student at test time")
+            "ensemble / student at test time", "Boston: 20 stacked splits / 1 split")
 
 
 def _fake_result() -> dict:
