@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,8 +314,3 @@ def describe_path_in_repo(path: str | os.PathLike) -> str:
         return Path(path).resolve().relative_to(_ROOT).as_posix()
     except ValueError:
         return str(path)
-
-
-def command_line() -> str:
-    """The command that started this process (for the provenance of command-line runs)."""
-    return " ".join([Path(sys.executable).name, *sys.argv])

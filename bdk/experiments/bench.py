@@ -146,7 +146,7 @@ def stacked_members_ratio(members: int = 20, repeats: int = 15, steps_per_repeat
     from .. import distill as D
     from .._runtime import get_device
     from ..data import load_boston
-    from .distill import BOSTON_CONFIGS
+    from .distill import BOSTON_CONFIGS, boston_stacked_distiller
 
     device = torch.device(device) if device is not None else get_device()
     cfg = dataclasses.replace(BOSTON_CONFIGS["paper"], burn_in=0)
@@ -157,16 +157,7 @@ def stacked_members_ratio(members: int = 20, repeats: int = 15, steps_per_repeat
         y = torch.stack([s.y_train for s in splits[:C]]).to(device)
         xt = torch.stack([s.x_test for s in splits[:C]]).to(device)
         yt = torch.stack([s.y_test for s in splits[:C]]).to(device)
-        d = x.shape[2]
-        run = D.StackedDistiller(
-            x, y, (d, cfg.hidden, 1), (d, cfg.hidden, 2), D.mlp_init_flat((d, cfg.hidden, 1), C, device),
-            D.mlp_init_flat((d, cfg.hidden, 2), C, device), D.stacked_noise_inputs(x, cfg.input_noise_std),
-            task="regression", prior_precision=cfg.prior_precision, teacher_lr=cfg.teacher_lr, noise_precision=1.0,
-            noise_prior=cfg.noise_prior, noise_every=cfg.noise_every, student_lr=cfg.student_lr,
-            student_prior_precision=cfg.student_prior_precision, batch_size=cfg.batch_size,
-            student_batch_size=cfg.student_batch_size, thin=cfg.thin, ensemble_inputs={"test": xt},
-            ensemble_targets={"test": yt}, generator=torch.Generator(device=device).manual_seed(0))
-        return run.step
+        return boston_stacked_distiller(cfg, x, y, xt, yt, torch.Generator(device=device).manual_seed(0)).step
 
     def serial():
         s = splits[0]

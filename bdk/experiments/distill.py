@@ -1046,6 +1046,22 @@ def _boston_split(cfg: BostonConfig, k: int, device) -> dict:
     return res
 
 
+def boston_stacked_distiller(cfg: BostonConfig, x, y, x_test, y_test, generator) -> "D.StackedDistiller":
+    """The distilled SGLD of :class:`BostonConfig` for the splits stacked in ``x (C, N, d)``, ``y (C, N)``
+    (fresh initial weights from the global generator; the test sets feed the ensemble averages)."""
+    C, _, d = x.shape
+    sizes = (d, cfg.hidden, 1)
+    return D.StackedDistiller(
+        x, y, sizes, (d, cfg.hidden, 2), D.mlp_init_flat(sizes, C, x.device), D.mlp_init_flat((d, cfg.hidden, 2), C, x.device),
+        D.stacked_noise_inputs(x, cfg.input_noise_std), task="regression", prior_precision=cfg.prior_precision,
+        teacher_lr=cfg.teacher_lr, teacher_lr_lambda=lambda t: 0.5 ** (t // cfg.teacher_halve_every),
+        noise_precision=1.0, noise_prior=cfg.noise_prior, noise_every=cfg.noise_every, student_lr=cfg.student_lr,
+        student_prior_precision=cfg.student_prior_precision,
+        student_lr_lambda=lambda j: cfg.student_decay ** (j // cfg.student_decay_every), batch_size=cfg.batch_size,
+        student_batch_size=cfg.student_batch_size, burn_in=cfg.burn_in, thin=cfg.thin,
+        ensemble_inputs={"test": x_test}, ensemble_targets={"test": y_test}, generator=generator)
+
+
 def _boston_stacked(cfg: BostonConfig, device) -> list[dict]:
     """All splits at once: SGD and distilled SGLD of every split as one stacked computation
     (``bdk.distill.StackedDistiller``), the same algorithm as :func:`_boston_split` per split."""
@@ -1092,17 +1108,7 @@ def _boston_stacked(cfg: BostonConfig, device) -> list[dict]:
 
     # Distilled SGLD, all splits at once.
     torch.manual_seed(cfg.seed + 1)
-    theta0 = D.mlp_init_flat(sizes, C, device)
-    w0 = D.mlp_init_flat((d, cfg.hidden, 2), C, device)
-    g = _generator(cfg.seed + 1, device)
-    run = D.StackedDistiller(
-        x, y, sizes, (d, cfg.hidden, 2), theta0, w0, D.stacked_noise_inputs(x, cfg.input_noise_std), task="regression",
-        prior_precision=cfg.prior_precision, teacher_lr=cfg.teacher_lr,
-        teacher_lr_lambda=lambda t: 0.5 ** (t // cfg.teacher_halve_every), noise_precision=1.0,
-        noise_prior=cfg.noise_prior, noise_every=cfg.noise_every, student_lr=cfg.student_lr, student_prior_precision=cfg.student_prior_precision,
-        student_lr_lambda=lambda j: cfg.student_decay ** (j // cfg.student_decay_every), batch_size=cfg.batch_size,
-        student_batch_size=cfg.student_batch_size, burn_in=cfg.burn_in, thin=cfg.thin,
-        ensemble_inputs={"test": x_test}, ensemble_targets={"test": y_test}, generator=g)
+    run = boston_stacked_distiller(cfg, x, y, x_test, y_test, _generator(cfg.seed + 1, device))
     _run(run, cfg.iterations, _checkpointer("bdk-boston", cfg, cfg.checkpoint_every, "-stacked"),
          f"Boston, {C} splits stacked")
     ens = run.ensemble("test")

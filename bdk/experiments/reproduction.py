@@ -1,6 +1,6 @@
 """The paper's numbers, our recorded paper-scale runs and this build's quick runs, side by side (chapter 6).
 
-Each reproduced number of Korattikara et al. (2015) is a :class:`Quantity`: where the paper's value
+Each reproduced number of Korattikara et al. (2015) is a :class:`Quantity` (:func:`quantities`): where the paper's value
 is in ``data/paper_numbers.json`` and how to read ours from an experiment's results. The same
 function reads the results of a run in this process (tensors, tuples) and of a record under
 ``data/records/`` (JSON lists), so the three columns of :func:`comparison_table` come from one
@@ -15,11 +15,12 @@ definition:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-__all__ = ["Quantity", "QUANTITIES", "comparison_table", "distance", "record_or_none", "provenance_note", "side_by_side",
+__all__ = ["Quantity", "quantities", "comparison_table", "distance", "record_or_none", "provenance_note", "side_by_side",
            "as_tensors"]
 
 
@@ -56,7 +57,9 @@ def _rows(table: dict, key: str) -> dict:
     return {r[key]: r for r in table["rows"]}
 
 
-def _quantities() -> tuple[Quantity, ...]:
+@functools.lru_cache(maxsize=None)
+def quantities() -> tuple[Quantity, ...]:
+    """Every reproduced number of the paper (read once from ``data/paper_numbers.json``)."""
     k = _paper()
     t2 = _rows(k["toy_classification"]["table2_kl_to_hmc"], "model")
     t3 = _rows(k["mnist"]["table3_test_error_percent"], "method")
@@ -84,17 +87,7 @@ def _quantities() -> tuple[Quantity, ...]:
     return tuple(out)
 
 
-class _Lazy:
-    def __init__(self):
-        self._value = None
 
-    def __iter__(self):
-        if self._value is None:
-            self._value = _quantities()
-        return iter(self._value)
-
-
-QUANTITIES = _Lazy()
 
 
 def distance(ours: tuple[float, float | None], paper: tuple[float, float | None] | None) -> float | None:
@@ -145,7 +138,7 @@ def comparison_table(experiments: Sequence[str] | str, quick: dict[str, Any] | N
         records = {name: record_or_none(name) for name in experiments}
     header = ["", "paper", "ours, paper scale (recorded)", "distance (s.e.)", quick_label]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for q in QUANTITIES:
+    for q in quantities():
         if q.experiment not in experiments or (labels and not any(s in q.label for s in labels)):
             continue
         rec = records.get(q.experiment)
