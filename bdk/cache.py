@@ -1,4 +1,4 @@
-"""Results cache keyed by configuration, checkpoints that let long runs resume, and progress bars.
+"""Results cache keyed by configuration and code, checkpoints that let long runs resume, and progress bars.
 
 Introduced in "Data and tools". The cache lives in ``BDK_CACHE_DIR`` (default ``~/.cache/bdk``).
 """
@@ -14,17 +14,49 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .config import config_dict, config_hash
+from .config import canonical_json, config_dict, config_hash
+from .provenance import Timer, git_state, provenance, source_digest, utc_now
 
-__all__ = ["cache_dir", "describe_path", "load_or_run", "Checkpointer", "progress", "atomic_save"]
+__all__ = ["cache_dir", "describe_path", "load_or_run", "Checkpointer", "progress", "atomic_save",
+           "check_writable", "CacheNotWritable"]
+
+
+class CacheNotWritable(OSError):
+    """A folder that results or checkpoints must be written to cannot be written (the message says what to do)."""
 
 
 def cache_dir() -> Path:
-    """Return the results/checkpoint directory: ``BDK_CACHE_DIR`` or ``~/.cache/bdk``."""
+    """Return the results/checkpoint directory: ``BDK_CACHE_DIR`` or ``~/.cache/bdk``.
+
+    Raises:
+        CacheNotWritable: if the folder cannot be created.
+    """
     root = os.environ.get("BDK_CACHE_DIR")
     path = Path(root) if root else Path.home() / ".cache" / "bdk"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CacheNotWritable(f"the results cache {path} cannot be created ({err.strerror or err}); "
+                               "set BDK_CACHE_DIR to a writable folder.") from err
     return path
+
+
+def check_writable(folder: str | os.PathLike, what: str = "the results cache") -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it, before any work is done.
+
+    Raises:
+        CacheNotWritable: naming the folder and what to do.
+    """
+    folder = Path(folder)
+    hint = "set BDK_CACHE_DIR to a writable folder" if what == "the results cache" else "choose a writable folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".bdk-write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise CacheNotWritable(f"{what} {folder} is not writable ({err.strerror or type(err).__name__}); {hint}.") from err
+    return folder
 
 
 def describe_path(path: str | os.PathLike) -> str:
@@ -60,7 +92,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def _canonical(config: dict | None) -> str | None:
-    return None if config is None else json.dumps(config, sort_keys=True, default=repr)
+    return None if config is None else canonical_json(config)
+
+
+def _rescue(entry: dict, path: Path, err: OSError) -> Path | None:
+    """Save a computed result that could not be written to the cache somewhere else; return where."""
+    rescue = Path(tempfile.gettempdir()) / "bdk-unsaved" / path.name
+    try:
+        atomic_save(entry, rescue)
+    except OSError:
+        return None
+    return rescue
 
 
 def _load(path: Path) -> Any:
@@ -81,9 +123,12 @@ def load_or_run(
 ) -> Any:
     """Return ``fn(config)``, computed once per configuration and cached on disk.
 
-    The file is ``<directory>/<name>-<config_hash>.pt``; it stores the configuration beside the
-    result, so a stale file with the same hash but different fields is detected and recomputed.
-    Messages name the file relative to ``BDK_CACHE_DIR`` (see :func:`describe_path`).
+    The file is ``<directory>/<name>-<config_hash>.pt``; it stores the configuration and the
+    digest of ``bdk``'s source (:func:`bdk.provenance.source_digest`) beside the result, so a file
+    with the same hash but different fields, or computed by other code, is recomputed (and says
+    so). The folder is checked for writing before ``fn`` runs; if the result still cannot be saved
+    after it ran, it is returned, saved under the temporary folder's ``bdk-unsaved/``, and the
+    message says where. Messages name the file relative to ``BDK_CACHE_DIR`` (see :func:`describe_path`).
 
     Args:
         name: a file-name-safe experiment name.
@@ -97,36 +142,52 @@ def load_or_run(
             the result (``bdk.provenance.provenance``: configuration, commit, versions, device,
             date, wall and CPU time), stored in the cache beside it, with ``"from_cache": True``
             when it was loaded (``None`` for a cache file written before provenance was kept).
-    """
-    from .provenance import Timer, git_state, provenance, utc_now
 
+    Raises:
+        CacheNotWritable: before ``fn`` runs, if the cache folder cannot be written.
+    """
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"name must be a non-empty file-name-safe string, got {name!r}.")
     folder = Path(directory) if directory is not None else cache_dir()
     path = folder / f"{name}-{config_hash(config)}.pt"
+    code = source_digest()
     if path.exists() and not force:
         try:
             stored = _load(path)
         except Exception as err:  # a truncated or foreign file: say so and recompute
             print(f"{name}: cached file {describe_path(path)} could not be read ({type(err).__name__}); running again")
             stored = {}
+        if not isinstance(stored, dict):
+            stored = {}
         if _canonical(stored.get("config")) == _canonical(config_dict(config)):
-            if verbose:
-                print(f"{name}: loaded cached result (computed in {stored['seconds']:.1f} s)\n"
-                      f"  {describe_path(path)}")
-            prov = stored.get("provenance")
-            if prov is not None:
-                prov = {**prov, "from_cache": True}
-            return (stored["result"], prov) if with_provenance else stored["result"]
+            if stored.get("code") == code:
+                if verbose:
+                    print(f"{name}: loaded cached result (computed in {stored['seconds']:.1f} s)\n"
+                          f"  {describe_path(path)}")
+                prov = stored.get("provenance")
+                if prov is not None:
+                    prov = {**prov, "from_cache": True}
+                return (stored["result"], prov) if with_provenance else stored["result"]
+            print(f"{name}: the cached result was computed by other code (bdk source "
+                  f"{stored.get('code') or 'unknown'}, now {code}); running again")
+    check_writable(folder)  # before the work, not after it
     git, started = git_state(), utc_now()
     with Timer() as timer:
         result = fn(config)
     seconds = timer.wall
     prov = provenance(config, profile=profile, overrides=overrides, wall_seconds=timer.wall, cpu_seconds=timer.cpu,
                       git=git, started=started)
-    atomic_save({"config": config_dict(config), "result": result, "seconds": seconds, "provenance": prov}, path)
-    if verbose:
-        print(f"{name}: ran in {seconds:.1f} s; result cached as\n  {describe_path(path)}")
+    entry = {"config": config_dict(config), "code": code, "result": result, "seconds": seconds, "provenance": prov}
+    try:
+        atomic_save(entry, path)
+    except OSError as err:  # the work is done: keep it, say where, and go on
+        rescue = _rescue(entry, path, err)
+        where = f"saved instead to {rescue}" if rescue is not None else "not saved anywhere"
+        print(f"{name}: the result could not be written to the cache ({err.strerror or type(err).__name__}: "
+              f"{describe_path(path)}); it is returned, and {where}")
+    else:
+        if verbose:
+            print(f"{name}: ran in {seconds:.1f} s; result cached as\n  {describe_path(path)}")
     return (result, {**prov, "from_cache": False}) if with_provenance else result
 
 
@@ -166,10 +227,21 @@ class Checkpointer:
         self.verbose = bool(verbose)
 
     def load(self) -> Any | None:
-        """Return the saved state, or ``None`` if there is no checkpoint."""
+        """Return the saved state, or ``None`` if there is no checkpoint.
+
+        A checkpoint that cannot be read (a truncated or foreign file) is moved aside to
+        ``<name>.corrupt`` and ``None`` is returned, with a message that the run starts from the beginning.
+        """
         if not self.path.exists():
             return None
-        stored = _load(self.path)
+        try:
+            stored = _load(self.path)
+        except Exception as err:  # truncated, foreign or from an incompatible version
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, aside)
+            print(f"the checkpoint {describe_path(self.path)} could not be read ({type(err).__name__}); "
+                  f"moved it to {aside.name} and starting from the beginning")
+            return None
         if isinstance(stored, dict) and stored.get("format") == self._FORMAT:
             step, state = stored["step"], stored["state"]
         else:  # a file written before the step was recorded: the state itself

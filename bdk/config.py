@@ -20,7 +20,7 @@ from typing import Any, Mapping, TypeVar
 
 from ._runtime import PROFILES, profile as current_profile
 
-__all__ = ["select", "describe", "config_hash", "config_dict"]
+__all__ = ["select", "describe", "config_hash", "config_dict", "canonical_json", "json_default", "validate"]
 
 T = TypeVar("T")
 
@@ -34,10 +34,39 @@ def config_dict(config: Any) -> dict:
     return out
 
 
+def json_default(value: Any) -> Any:
+    """The JSON form of a value that ``json`` cannot write: an array or tensor by its dtype, shape and the
+    SHA-256 of its bytes (every element counts, unlike ``repr``, which abbreviates large arrays)."""
+    import numpy as np
+
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return {"__array__": str(data.dtype), "shape": list(data.shape),
+                "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    raise TypeError(f"a configuration field holds a {type(value).__module__}.{type(value).__qualname__}, "
+                    "which has no stable text form; use numbers, strings, tuples, arrays or nested dataclasses.")
+
+
+def canonical_json(obj: Any) -> str:
+    """A canonical text of a JSON-like value: keys sorted, arrays and tensors by content.
+
+    Raises:
+        TypeError: for a value with no stable form (an arbitrary object, whose ``repr`` would carry a
+            memory address or abbreviate its contents).
+    """
+    return json.dumps(obj, sort_keys=True, default=json_default)
+
+
 def config_hash(config: Any, length: int = 12) -> str:
-    """Return a short, stable hash of a dataclass configuration (class name and every field)."""
-    payload = json.dumps(config_dict(config), sort_keys=True, default=repr)
-    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+    """Return a short, stable hash of a dataclass configuration (class name and every field, every
+    element of an array field included)."""
+    return hashlib.sha256(canonical_json(config_dict(config)).encode()).hexdigest()[:length]
 
 
 def select(configs: Mapping[str, T], profile: str | None = None, verbose: bool = True) -> T:
@@ -84,3 +113,63 @@ def _field_lines(config: Any, indent: str, marked: set = frozenset()) -> list[st
         else:
             lines.append(f"\n{indent}{f.name} = {value!r}" + ("   (set)" if f.name in marked else ""))
     return lines
+
+
+# Field-name conventions of the book's configurations (the naming table of book/conventions.md): a
+# count is a positive integer unless its name says that zero means "none" or "off".
+_ZERO_ALLOWED_INT = ("seed", "burn_in", "checkpoint_every", "validation", "warm", "removed", "ood")
+_POSITIVE_FLOAT = ("lr", "step_size", "eps", "hess_init", "time", "lrs", "step_sizes", "candidates")
+_NON_NEGATIVE_FLOAT = ("prior_precision", "weight_decay", "student_decay", "std", "times")
+_UNIT_INTERVAL = ("beta1", "momentum", "dropout", "alpha")  # [0, 1)
+
+
+def _check_value(where: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, tuple):
+        for item in value:
+            _check_value(where, name, item)
+        return
+    if isinstance(value, int):
+        floor = 0 if any(part in name for part in _ZERO_ALLOWED_INT) else 1
+        if value < floor:
+            raise ValueError(f"{where} = {value!r}: must be an integer >= {floor}.")
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{where} = {value!r}: must be a finite number.")
+        if any(part in name for part in _UNIT_INTERVAL) and not 0.0 <= value < 1.0:
+            raise ValueError(f"{where} = {value!r}: must lie in [0, 1).")
+        if name.endswith("beta2") and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{where} = {value!r}: must lie in [0, 1].")
+        if any(part in name for part in _NON_NEGATIVE_FLOAT) and value < 0:
+            raise ValueError(f"{where} = {value!r}: must be >= 0.")
+        elif not any(part in name for part in _NON_NEGATIVE_FLOAT) and any(part in name for part in _POSITIVE_FLOAT) \
+                and value <= 0:
+            raise ValueError(f"{where} = {value!r}: must be > 0.")
+
+
+def validate(config: Any, prefix: str = "") -> Any:
+    """Check every field of a configuration against the book's naming conventions, before a run.
+
+    Counts (``num_steps``, ``batch_size``, ``hidden``, ...) must be integers >= 1 (>= 0 for seeds,
+    burn-in, ``checkpoint_every`` and the like, where 0 means none); every float must be finite;
+    learning rates, step sizes, ``eps``, times and ``hess_init`` positive; precisions, weight decays
+    and standard deviations non-negative; ``beta1``, momenta, dropout rates and ``alpha`` in [0, 1),
+    ``beta2`` in [0, 1]. Tuples are checked element by element. This catches a bad ``--set`` value
+    before the work starts instead of deep inside it.
+
+    Returns:
+        The configuration, unchanged.
+
+    Raises:
+        ValueError: naming the first field that breaks its rule.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        where = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate(value, prefix=f"{where}.")
+        else:
+            _check_value(f"{type(config).__name__}.{where}" if not prefix else where, f.name, value)
+    return config

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -41,6 +43,7 @@ __all__ = [
     "load_record",
     "Record",
     "refresh_command",
+    "source_digest",
 ]
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +64,21 @@ def git_state(root: str | os.PathLike | None = None) -> dict:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit or None, "dirty": bool(status.strip())}
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """SHA-256 (16 hex digits) of the source of the ``bdk`` package: every ``.py`` file under it, by
+    relative path and content.
+
+    The results cache stores it beside each result and recomputes a result whose code has changed
+    since (a configuration alone does not say which code computed a number). Read once per process:
+    the code that runs is the code that was imported."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _cpu_model() -> str:
@@ -112,7 +130,7 @@ def provenance(config: Any = None, *, profile: str | None = None, overrides: Map
     import torch
 
     from . import __version__
-    from .config import config_dict, config_hash
+    from .config import config_dict, config_hash, json_default
 
     out = {
         "profile": profile,
@@ -120,6 +138,7 @@ def provenance(config: Any = None, *, profile: str | None = None, overrides: Map
         "config": None if config is None else config_dict(config),
         "config_hash": None if config is None else config_hash(config),
         **(git if git is not None else git_state()),
+        "bdk_source": source_digest(),
         "versions": {"bdk": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
                      "python": platform.python_version()},
         "device": device_description(device),
@@ -128,7 +147,7 @@ def provenance(config: Any = None, *, profile: str | None = None, overrides: Map
         "wall_seconds": wall_seconds,
         "cpu_seconds": cpu_seconds,
     }
-    return json.loads(json.dumps(out, default=repr))
+    return json.loads(json.dumps(out, default=json_default))  # in order; an array by content, never a repr
 
 
 def utc_now() -> str:
@@ -255,7 +274,7 @@ def _duration(seconds: float) -> str:
 
 
 def _stale_reason(name: str, prov: dict) -> str | None:
-    from .config import config_dict
+    from .config import canonical_json, config_dict
     from .experiments import registry
 
     try:
@@ -274,7 +293,7 @@ def _stale_reason(name: str, prov: dict) -> str | None:
     # overrides come back from JSON: tuples as lists
     overrides = {k: tuple(v) if isinstance(getattr(base, k), tuple) and isinstance(v, list) else v
                  for k, v in overrides.items()}
-    current = json.loads(json.dumps(config_dict(dataclasses.replace(base, **overrides)), default=repr))
+    current = json.loads(canonical_json(config_dict(dataclasses.replace(base, **overrides))))
     recorded = prov.get("config") or {}
     if current == recorded:
         return None

@@ -19,6 +19,7 @@ Everything registers with ``bdk.experiments.registry`` (``python -m bdk reproduc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -134,14 +135,16 @@ def _generator(seed: int, device) -> torch.Generator:
 def _checkpointer(name: str, cfg, every: int, part: str = ""):
     """A ``bdk.Checkpointer`` for one long loop of an experiment (``None`` when ``every`` is 0).
 
-    The file is keyed by the configuration, so a rerun of the same configuration resumes where an
-    interrupted one stopped; the experiment clears it once the loop has finished."""
+    The file is keyed by the configuration without its ``checkpoint_every`` (how often a run saves does
+    not change its numbers), so a rerun of the same configuration resumes where an interrupted one
+    stopped, whatever frequency either used; the experiment clears it once the loop has finished."""
     if not every:
         return None
     from ..cache import Checkpointer, cache_dir
     from ..config import config_hash
 
-    return Checkpointer(cache_dir() / f"{name}-{config_hash(cfg)}{part}.ckpt", every=every)
+    key = config_hash(dataclasses.replace(cfg, checkpoint_every=0))
+    return Checkpointer(cache_dir() / f"{name}-{key}{part}.ckpt", every=every)
 
 
 def _run(distiller, num_iterations, ckpt, desc):
@@ -765,7 +768,7 @@ def mnist_record_summary(results: dict) -> str:
         "* **Confidence.** Mean predictive entropy on the test digits: "
         + ", ".join(f"{m} {ent['in-distribution'][m]:.3f}" for m in methods) + " nats; on Fashion-MNIST: "
         + ", ".join(f"{m} {ent['Fashion-MNIST'][m]:.3f}" for m in methods) + " nats.",
-        f"* **The chain.** The teacher's minibatch potential $\hat U$ averaged {late:,.0f} over the third quarter "
+        f"* **The chain.** The teacher's minibatch potential $\\hat U$ averaged {late:,.0f} over the third quarter "
         f"of the run and {last:,.0f} over the last ({100 * (last - late) / abs(late):+.1f}%).",
     ]
     return "\n".join(lines)

@@ -119,11 +119,11 @@ def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str
 
     Raises:
         KeyError: for an unknown name.
-        ValueError: when ``checkpoint_every`` is not a positive integer or the experiment cannot checkpoint.
+        ValueError: when a field of the configuration breaks its rule (``bdk.config.validate``), or ``checkpoint_every`` is not a positive integer or the experiment cannot checkpoint.
     """
     from .._runtime import profile as active_profile
     from ..cache import load_or_run
-    from ..config import describe, select
+    from ..config import describe, select, validate
 
     experiment = get(name)
     profile = active_profile() if profile is None else profile
@@ -131,6 +131,7 @@ def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str
     overrides = dict(overrides or {})
     if overrides:
         config = dataclasses.replace(config, **overrides)
+    validate(config)  # a bad value fails here, before the work, not deep inside it
     if verbose:  # what actually runs: the overrides applied, and marked
         print(describe(config, profile, overrides))
     cache = dict(force=force, verbose=verbose, profile=profile, overrides=overrides, with_provenance=with_provenance)
