@@ -20,11 +20,29 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "to_jsonable"]
+__all__ = ["main", "to_jsonable", "UsageError"]
+
+
+class UsageError(Exception):
+    """A user error on the command line: printed as one line (what is wrong, what to do), exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (exit 2) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def to_jsonable(obj):
-    """Convert results (tensors, arrays, dataclasses, numbers) to JSON-serialisable values."""
+    """Convert results (tensors, arrays, dataclasses, numbers) to JSON-serialisable values.
+
+    A plain object becomes its class name and its attributes; a non-finite float its ``repr``
+    (``"nan"``, ``"inf"``). Nothing is written as a ``repr`` that holds a memory address.
+
+    Raises:
+        TypeError: for a value with no JSON form (a function, a generator, ...).
+    """
     import numpy as np
     import torch
 
@@ -47,7 +65,10 @@ def to_jsonable(obj):
         return [to_jsonable(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
-    return repr(obj)
+    if hasattr(obj, "__dict__") and not callable(obj):  # a plain object (a potential, say): its class and data
+        return {"__class__": f"{type(obj).__module__}.{type(obj).__qualname__}", **to_jsonable(vars(obj))}
+    raise TypeError(f"results hold a {type(obj).__module__}.{type(obj).__qualname__}, which has no JSON form "
+                    "(its repr would carry a memory address); return numbers, arrays, tensors or dicts of them.")
 
 
 def _distributed():
@@ -77,9 +98,9 @@ def _reproduce_one(name: str, args, rank: int, world: int) -> tuple[dict, dict |
     if chains > 1:
         base = dataclasses.replace(registry.select_config(experiment, args.profile), **sets)
         if not hasattr(base, "seed"):
-            raise SystemExit(f"{name}: --chains needs an experiment with a 'seed' in its configuration.")
+            raise UsageError(f"{name}: --chains needs an experiment with a 'seed' in its configuration.")
         if world > 1 and world != chains:
-            raise SystemExit(f"--chains {chains} must equal the number of torchrun processes ({world}).")
+            raise UsageError(f"--chains {chains} must equal the number of torchrun processes ({world}).")
         mine = [rank] if world > 1 else list(range(chains))
         local = [registry.run_experiment(name, args.profile, overrides={**sets, "seed": base.seed + k}, force=args.force,
                                          verbose=rank == 0, checkpoint_every=every, with_provenance=True) for k in mine]
@@ -122,6 +143,8 @@ def _parse_sets(items: list[str], config) -> dict:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
             value = text.strip()
+            if isinstance(getattr(config, key), float) and value.lower() in ("nan", "inf", "-inf", "+inf"):
+                value = float(value)  # a float, refused later as not finite
         current = getattr(config, key)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -169,10 +192,11 @@ def _check_data(todo: list[str], profile: str, overrides: dict | None = None) ->
 
 
 def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: bool = False,
-                   prov: dict | None = None) -> bool:
-    """Write results.json (the results and their provenance), the figures and summary.md into
-    ``out/name``; return False if the figures and summary were already there for exactly these
-    results (then they are not rendered again and the summary is printed)."""
+                   prov: dict | None = None) -> list[str] | None:
+    """Write results.json (the results and their provenance), and the experiment's figures and summary.md
+    where it has them, into ``out/name``; return the names of the files written, or None if the figures
+    and summary were already there for exactly these results (then they are not rendered again and the
+    summary is printed)."""
     import hashlib
 
     from .experiments import registry
@@ -192,12 +216,13 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: b
             recorded = {}
         files = recorded.get("files", [])
         if recorded.get("digest") == digest and files and all((folder / f).is_file() for f in files):
-            summary = (folder / "summary.md").read_text().split("\n", 2)[-1].strip()
-            if summary:
-                print(summary)
-            return False
+            if (folder / "summary.md").is_file():
+                summary = (folder / "summary.md").read_text().split("\n", 2)[-1].strip()
+                if summary:
+                    print(summary)
+            return None
     stamp.unlink(missing_ok=True)
-    written = ["results.json", "summary.md"]
+    written = ["results.json"]
     per_run = results["chains"] if experiment.combine is None and "chains" in results else [results]
     suffixes = [f"-chain{k}" for k in range(len(per_run))] if len(per_run) > 1 else [""]
     summaries = []
@@ -215,12 +240,40 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: b
                 plt.close(fig)
         if experiment.summary is not None:
             summaries.append((f"## chain {suffix[6:]}\n\n" if suffix else "") + experiment.summary(run))
-    summary = "\n\n".join(summaries)
-    (folder / "summary.md").write_text(f"# {name}\n\n{summary}\n\nWall time: {seconds:.1f} s\n")
+    if experiment.summary is not None:
+        summary = "\n\n".join(summaries)
+        (folder / "summary.md").write_text(f"# {name}\n\n{summary}\n\nWall time: {seconds:.1f} s\n")
+        written.append("summary.md")
+        if summary:
+            print(summary)
+    else:
+        (folder / "summary.md").unlink(missing_ok=True)  # an old one would describe other results
     stamp.write_text(json.dumps({"digest": digest, "files": written}))  # last: marks the outputs complete
-    if summary:
-        print(summary)
-    return True
+    return written
+
+
+def _written(files: list[str]) -> str:
+    """``results.json, summary.md and 4 figure files``: what a run wrote, in words."""
+    figures = [f for f in files if f.endswith((".png", ".svg"))]
+    named = [f for f in files if f not in figures]
+    parts = named + ([f"{len(figures)} figure file{'s' if len(figures) > 1 else ''} "
+                      f"({len(figures) // 2} figure{'s' if len(figures) > 2 else ''}, PNG and SVG)"] if figures else [])
+    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
+def _check_out(out: Path, todo: list[str]) -> None:
+    """Before anything runs: the output folder (and each experiment's folder in it) can be written."""
+    from .cache import CacheNotWritable, check_writable
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; give a folder (it is created if missing).")
+    for name in todo:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UsageError(f"--out {out}: {out / name} is a file, where the outputs of {name} go; move it away.")
+    try:
+        check_writable(out, "the output folder")
+    except CacheNotWritable as err:
+        raise UsageError(f"--out {out}: {err}") from err
 
 
 def _record(name: str, results: dict, prov: dict | None, args) -> None:
@@ -229,15 +282,83 @@ def _record(name: str, results: dict, prov: dict | None, args) -> None:
     from .provenance import describe_path_in_repo, write_record
 
     if prov is None or "chains" in prov:
-        raise SystemExit(f"reproduce: {name}: --record needs one run whose provenance is known; run it with "
+        raise UsageError(f"{name}: --record needs one run whose provenance is known; run it with "
                          "--force (a cache entry written before provenance was kept has none), without --chains.")
     recorded = registry.get(name).record
     path = write_record(name, recorded(results) if recorded is not None else results, prov, args.record or None)
     print(f"{name}: recorded -> {describe_path_in_repo(path)} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
-def _cmd_reproduce(args) -> int:
+def _check_profile_and_device(args) -> str:
+    """The profile that will run (``--profile``, else ``BDK_PROFILE``, else by device), and ``--device``
+    checked to exist; both before any work. Returns the profile."""
     from . import _runtime
+
+    if args.profile is not None and args.profile not in _runtime.PROFILES:
+        raise UsageError(f"unknown profile {args.profile!r}; valid: {', '.join(_runtime.PROFILES)}.")
+    if args.device:
+        try:
+            _runtime.check_device(args.device, "--device")
+        except (RuntimeError, ValueError) as err:
+            raise UsageError(str(err)) from err
+        os.environ["BDK_DEVICE"] = args.device
+    else:
+        try:
+            _runtime.get_device()
+        except (RuntimeError, ValueError) as err:
+            raise UsageError(str(err)) from err
+    if args.profile:
+        os.environ["BDK_PROFILE"] = args.profile
+    try:
+        return _runtime.profile()
+    except ValueError as err:
+        raise UsageError(f"{err} Set it to one of them, or pass --profile.") from err
+
+
+def _check_arguments(args, todo: list[str], profile: str) -> dict:
+    """Every check that can be made before a run; returns the parsed ``--set`` overrides."""
+    from .config import validate
+    from .experiments import registry
+
+    for name in todo:
+        try:
+            registry.get(name)
+        except KeyError as err:
+            raise UsageError(err.args[0]) from err
+    if args.checkpoint_every is not None and args.name != "all" and not registry.supports_checkpoints(registry.get(args.name)):
+        raise UsageError(f"{args.name} does not checkpoint; --checkpoint-every applies to "
+                         f"{', '.join(registry.checkpointing_names())}.")
+    if args.record is not None and args.name == "all":
+        raise UsageError("--record writes one experiment's record; name the experiment instead of 'all'.")
+    if args.record is not None and args.chains > 1:
+        raise UsageError("--record records one run; drop --chains.")
+    if args.record:
+        from .provenance import record_path
+
+        try:
+            record_path(args.name, args.record)
+        except ValueError as err:
+            raise UsageError(f"--record {args.record!r}: {err}") from err
+    overrides = {}
+    if args.set:
+        if args.name == "all":
+            raise UsageError("--set changes one experiment's configuration; name the experiment instead of 'all'.")
+        try:
+            overrides = _parse_sets(args.set, registry.select_config(registry.get(args.name), profile))
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    for name in todo:
+        config = dataclasses.replace(registry.select_config(registry.get(name), profile), **overrides)
+        try:
+            validate(config)
+        except ValueError as err:
+            raise UsageError(f"{name}: {err}" + (" (from --set)" if overrides else "")) from err
+    return overrides
+
+
+def _cmd_reproduce(args) -> int:
+    from .cache import CacheNotWritable, cache_dir, check_writable
+    from .data import DataMissing
     from .experiments import registry
 
     if args.list:
@@ -246,82 +367,50 @@ def _cmd_reproduce(args) -> int:
             print(f"{name:24s} {exp.chapter:28s} {exp.description}")
         return 0
     if not args.name:
-        print("reproduce: give an experiment name, 'all', or --list", file=sys.stderr)
-        return 2
-    if args.profile is not None and args.profile not in _runtime.PROFILES:
-        print(f"reproduce: unknown profile {args.profile!r}; valid: {', '.join(_runtime.PROFILES)}", file=sys.stderr)
-        return 2
-    if args.device:
-        os.environ["BDK_DEVICE"] = args.device
-        _runtime.get_device()  # fail early with a clear message
-    if args.profile:
-        os.environ["BDK_PROFILE"] = args.profile
+        raise UsageError("give an experiment name, 'all', or --list.")
+    profile = _check_profile_and_device(args)
     todo = registry.names() if args.name == "all" else [args.name]
-    for name in todo:
-        try:
-            registry.get(name)
-        except KeyError as err:
-            print(f"reproduce: {err.args[0]}", file=sys.stderr)
-            return 2
-    if args.checkpoint_every is not None and args.name != "all" and not registry.supports_checkpoints(registry.get(args.name)):
-        print(f"reproduce: {args.name} does not checkpoint; --checkpoint-every applies to "
-              f"{', '.join(registry.checkpointing_names())}.", file=sys.stderr)
-        return 2
-    if args.record is not None and args.name == "all":
-        print("reproduce: --record writes one experiment's record; name the experiment instead of 'all'.", file=sys.stderr)
-        return 2
-    if args.record is not None and args.chains > 1:
-        print("reproduce: --record records one run; drop --chains.", file=sys.stderr)
-        return 2
-    if args.record:
-        from .provenance import record_path
-
-        try:
-            record_path(args.name, args.record)
-        except ValueError as err:
-            print(f"reproduce: --record {args.record!r}: {err}", file=sys.stderr)
-            return 2
-    args.overrides = {}
-    if args.set:
-        if args.name == "all":
-            print("reproduce: --set changes one experiment's configuration; name the experiment instead of 'all'.", file=sys.stderr)
-            return 2
-        try:
-            args.overrides = _parse_sets(args.set, registry.select_config(registry.get(args.name), _runtime.profile()))
-        except ValueError as err:
-            print(f"reproduce: {err}", file=sys.stderr)
-            return 2
-    missing = _check_data(todo, _runtime.profile(), args.overrides)
+    args.overrides = _check_arguments(args, todo, profile)
+    missing = _check_data(todo, profile, args.overrides)
     if missing:
-        print(f"reproduce: {missing}", file=sys.stderr)
-        return 2
-    rank, world = _distributed()
+        raise UsageError(missing)
     out = Path(args.out)
+    _check_out(out, todo)
+    try:
+        check_writable(cache_dir())
+    except CacheNotWritable as err:
+        raise UsageError(str(err)) from err
+    rank, world = _distributed()
     total, total_cpu = time.perf_counter(), time.process_time()
     for name in todo:
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
             results, prov = _reproduce_one(name, args, rank, world)
-        except FileNotFoundError as err:  # data the experiment needs (the message says where to put it)
-            print(f"reproduce: {name} (profile {_runtime.profile()}) stopped, data missing: {err}", file=sys.stderr)
+        except DataMissing as err:  # data the experiment needs (the message says where to put it)
+            print(f"reproduce: {name} (profile {profile}) stopped, data missing: {err}", file=sys.stderr)
             return 1
+        except ValueError as err:
+            if not args.overrides or os.environ.get("BDK_TRACEBACK"):
+                raise
+            raise UsageError(f"{name} stopped: {err} (with --set {' --set '.join(args.set)}; "
+                             "BDK_TRACEBACK=1 shows where)") from err
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         if rank == 0:
             written = time.perf_counter()
-            fresh = _write_outputs(name, results, out, seconds, force=args.force, prov=prov)
+            files = _write_outputs(name, results, out, seconds, force=args.force, prov=prov)
             written = time.perf_counter() - written
             if args.record is not None:
                 _record(name, results, prov, args)
             # CPU time beside the wall time: on a shared machine the wall time alone says little
-            if fresh:
-                print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); results, figures and summary written "
+            if files is not None:
+                print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); {_written(files)} written "
                       f"in {written:.1f} s -> {out / name}")
             else:
                 print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); the outputs in {out / name} "
                       "are up to date")
     if rank == 0:
         print(f"reproduce: {len(todo)} experiment(s) in {time.perf_counter() - total:.1f} s "
-              f"(CPU {time.process_time() - total_cpu:.1f} s, profile {_runtime.profile()})")
+              f"(CPU {time.process_time() - total_cpu:.1f} s, profile {profile})")
     if world > 1:
         import torch.distributed as dist
 
@@ -332,18 +421,22 @@ def _cmd_reproduce(args) -> int:
 def _cmd_bench(args) -> int:
     from .experiments import bench
 
+    if args.repeats < 1:
+        raise UsageError(f"--repeats {args.repeats}: give at least 1 (each ratio is a median over the repeats).")
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the JSON file to write, e.g. {out / 'bench.json'}.")
+    _check_out(out.parent, [])
     table = bench.run(repeats=args.repeats)
     text = bench.format_table(table)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(to_jsonable(table), indent=1))
     print(f"bench: table written to {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bdk", description=__doc__,
+    parser = _Parser(prog="python -m bdk", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run an experiment of the book (or all) and write its results")
@@ -373,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--chains must be at least 1")
     if getattr(args, "checkpoint_every", None) is not None and args.checkpoint_every < 1:
         parser.error("--checkpoint-every must be at least 1")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"{args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

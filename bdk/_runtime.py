@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["get_device", "seed_everything", "profile", "one_cpu_thread", "PROFILES"]
+__all__ = ["get_device", "check_device", "seed_everything", "profile", "one_cpu_thread", "PROFILES"]
 
 PROFILES = ("quick", "paper")
 
@@ -29,36 +29,46 @@ def get_device() -> torch.device:
     """
     requested = os.environ.get("BDK_DEVICE", "").strip()
     if requested:
-        try:
-            device = torch.device(requested)
-        except RuntimeError as err:
-            raise ValueError(
-                f"BDK_DEVICE={requested!r} is not a device string; use e.g. 'cpu', 'cuda', 'cuda:0' or 'mps'."
-            ) from err
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError(
-                    f"BDK_DEVICE={requested!r} asks for CUDA, but PyTorch sees no CUDA device here. "
-                    "Unset BDK_DEVICE (or set BDK_DEVICE=cpu) to run on the CPU."
-                )
-            if device.index is not None and device.index >= torch.cuda.device_count():
-                raise RuntimeError(
-                    f"BDK_DEVICE={requested!r} asks for CUDA device {device.index}, "
-                    f"but only {torch.cuda.device_count()} CUDA device(s) exist."
-                )
-        if device.type == "mps" and not (
-            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-        ):
-            raise RuntimeError(
-                f"BDK_DEVICE={requested!r} asks for Apple MPS, which is not available here. "
-                "Unset BDK_DEVICE to pick the best available device."
-            )
-        return device
+        return check_device(requested, "BDK_DEVICE")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_device(requested: str, origin: str = "BDK_DEVICE") -> torch.device:
+    """The device that a user asked for, checked to exist on this machine.
+
+    Args:
+        requested: a device string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"``.
+        origin: where the request came from, named in the messages (``"BDK_DEVICE"``, ``"--device"``).
+
+    Raises:
+        RuntimeError: if this machine does not have that device.
+        ValueError: if ``requested`` is not a device string.
+    """
+    said = f"{origin}={requested!r}" if origin.isupper() else f"{origin} {requested}"
+    instead = f"unset {origin}" if origin.isupper() else f"leave out {origin}"
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ValueError(f"{said} is not a device string; use e.g. 'cpu', 'cuda', 'cuda:0' or 'mps'.") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{said} asks for CUDA, but PyTorch sees no CUDA device here; {instead} "
+                               f"(or use cpu) to run on the CPU.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"{said} asks for CUDA device {device.index}, "
+                               f"but only {torch.cuda.device_count()} CUDA device(s) exist.")
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
+        raise RuntimeError(f"{said} asks for Apple MPS, which is not available here; {instead} to pick the best "
+                           "available device.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{said}: bdk runs on 'cpu', 'cuda' or 'mps', not {device.type!r}.")
+    return device
 
 
 def seed_everything(seed: int) -> None:

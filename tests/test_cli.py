@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bdk.__main__ import main
+from bdk.data import DataMissing
 from bdk.experiments import registry
 
 CHEAP = "blr-conjugate"  # a sub-second experiment of chapter 4
@@ -78,7 +79,7 @@ def test_data_missing_during_a_run_is_a_clear_error(capsys, tmp_path, monkeypatc
         seed: int = 0
 
     def run(cfg):
-        raise FileNotFoundError("foo.csv not found. Put it in /somewhere/data/foo/.")
+        raise DataMissing("foo.csv not found. Put it in /somewhere/data/foo/.")
 
     monkeypatch.setenv("BDK_PROFILE", "quick")
     registry.names()  # load the real experiments first, then add a fake one for this test only
@@ -173,8 +174,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_with_the_same_numbers
     proc.kill()
     proc.wait()
     assert not list(cache.glob("*.pt")) and not (tmp_path / "out" / "bdk-boston" / "results.json").exists()
-    # The same command again resumes, says so, and ends with exactly the uninterrupted run's numbers.
-    resumed = subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=600)
+    # The command again, even with another checkpoint frequency, resumes, says so, and ends with exactly
+    # the uninterrupted run's numbers.
+    resumed = subprocess.run(_reproduce_cmd(tmp_path / "out", "--checkpoint-every", "70"), env=_env(cache),
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     match = re.search(r"resuming from step (\d+) \((bdk-boston-\w+-stacked\.ckpt) in \$BDK_CACHE_DIR\)", resumed.stdout)
     assert match, resumed.stdout
