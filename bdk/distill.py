@@ -457,11 +457,11 @@ class IVONTeacher:
         self.model.eval()
 
     def step(self, x, y):
-        self.optimizer.zero_grad(set_to_none=True)
         mc = int(self.optimizer.param_groups[0].get("mc_samples", 1))
         total = 0.0
-        for _ in range(mc):
+        for _ in range(mc):  # the reference usage: zero_grad inside, so each sample's gradient stands alone
             with self.optimizer.sampled_params(train=True):
+                self.optimizer.zero_grad(set_to_none=True)
                 out = self.model(x)
                 if self.likelihood == "classification":
                     loss = F.cross_entropy(out, y)
