@@ -4,8 +4,11 @@
     python scripts/notebooks.py fix            # rewrite setup cells, strip outputs
     python scripts/notebooks.py new book/x.ipynb "Title"   # a new notebook with the setup cell
 
-The setup cell clones the repository (URL from ``_config.yml``) on Colab at the revision pinned
-below and installs ``bdk`` from it; everywhere else it uses the installed ``bdk``.
+The setup cell clones the repository on Colab at the book's pinned revision and installs ``bdk``
+from it; everywhere else it uses the installed ``bdk`` and, where there is none, says how to install
+it. The URL and the revision are both read from ``_config.yml`` (``repository.url`` and
+``repository.branch``, which is also the revision the launch buttons open), so the launch button,
+the setup cell and the README's install line cannot disagree.
 """
 
 from __future__ import annotations
@@ -17,15 +20,30 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PINNED_REVISION = "v0.1.0"
+
+
+def _repository_setting(key: str) -> str:
+    text = (ROOT / "_config.yml").read_text()
+    block = re.search(r"^repository:\s*\n((?:[ \t]+.*\n?)+)", text, flags=re.M)
+    match = re.search(rf"^\s+{key}:\s*(\S+)", block.group(1), flags=re.M) if block else None
+    if not match:
+        raise SystemExit(f"_config.yml has no repository.{key}")
+    return match.group(1).strip("'\"")
 
 
 def repository_url() -> str:
-    text = (ROOT / "_config.yml").read_text()
-    match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", text, flags=re.M)
-    if not match:
-        raise SystemExit("_config.yml has no repository.url")
-    return match.group(1)
+    """``repository.url`` of ``_config.yml``."""
+    return _repository_setting("url")
+
+
+def pinned_revision() -> str:
+    """``repository.branch`` of ``_config.yml``: the branch or tag that readers run."""
+    return _repository_setting("branch")
+
+
+def install_line() -> str:
+    """The pip command that installs ``bdk`` at the pinned revision (the README quotes it)."""
+    return f'pip install "bdk @ git+{repository_url()}@{pinned_revision()}"'
 
 
 def setup_source() -> str:
@@ -39,12 +57,19 @@ def setup_source() -> str:
         "\n"
         'if "google.colab" in sys.modules:\n'
         f'    repo = "{repository_url()}"\n'
-        f"    !git clone -q --depth 1 --branch {PINNED_REVISION} {{repo}} /content/bdk\n"
+        f"    !git clone -q --depth 1 --branch {pinned_revision()} {{repo}} /content/bdk\n"
         "    %pip install -q /content/bdk\n"
         '    os.environ.setdefault("BDK_DATA_DIR", "/content/bdk/data")\n'
         '    os.environ.setdefault("BDK_DOWNLOAD", "1")  # MD5-checked\n'
         "\n"
-        "import bdk\n"
+        "try:\n"
+        "    import bdk\n"
+        "except ModuleNotFoundError:\n"
+        "    raise ModuleNotFoundError(\n"
+        '        "this chapter needs the bdk package: "\n'
+        f"        '{install_line()}'\n"
+        '        " (or, in a clone of the repository, pip install -e .)"\n'
+        "    ) from None\n"
         "\n"
         "device = bdk.setup_notebook(seed=0)"
     )

@@ -27,8 +27,9 @@ BDK_CACHE_DIR="$(mktemp -d)"
 export BDK_CACHE_DIR
 trap 'rm -rf "$BDK_CACHE_DIR"' EXIT
 t0=$SECONDS
-echo "[test] notebooks are well-formed"
+echo "[test] notebooks are well-formed; the publishing workflow passes actionlint"
 python scripts/notebooks.py check
+actionlint .github/workflows/*.yml
 echo "[test] pytest tests/"
 python -m pytest tests -q -p no:cacheprovider --timeout=900
 t1=$SECONDS

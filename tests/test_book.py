@@ -60,3 +60,23 @@ def test_every_citation_is_in_the_bibliography():
 def test_bibliography_keys_are_unique():
     keys = re.findall(r"^@\w+\{([^,]+),", (ROOT / "book" / "references.bib").read_text(), flags=re.M)
     assert len(keys) == len(set(keys))
+
+
+def test_launch_buttons_setup_cells_and_readme_name_one_revision():
+    """One setting, ``repository.branch`` of _config.yml, is the revision that the launch buttons open
+    (Jupyter Book builds their URLs from it), that every setup cell clones and that the README installs."""
+    revision, url = notebooks.pinned_revision(), notebooks.repository_url()
+    config = (ROOT / "_config.yml").read_text()
+    assert re.search(rf"^\s+branch:\s*{re.escape(revision)}\s*$", config, flags=re.M)
+    for path in NOTEBOOKS:
+        setup = "".join(next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")["source"])
+        assert f"--branch {revision} " in setup and url in setup, path.name
+        assert notebooks.install_line() in setup, path.name  # a downloaded notebook says how to install bdk
+    readme = (ROOT / "README.md").read_text()
+    assert f"git+{url}@{revision}" in readme
+
+
+def test_the_publishing_workflow_builds_and_deploys_the_book():
+    workflow = (ROOT / ".github" / "workflows" / "book.yml").read_text()
+    assert "bash scripts/build-book.sh" in workflow and "actions/deploy-pages@" in workflow
+    assert "path: _build/html" in workflow
