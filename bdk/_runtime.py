@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["get_device", "check_device", "seed_everything", "profile", "one_cpu_thread", "PROFILES"]
+__all__ = ["get_device", "check_device", "verbose", "seed_everything", "profile", "one_cpu_thread", "PROFILES"]
 
 PROFILES = ("quick", "paper")
 
@@ -69,6 +69,23 @@ def check_device(requested: str, origin: str = "BDK_DEVICE") -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{said}: bdk runs on 'cpu', 'cuda' or 'mps', not {device.type!r}.")
     return device
+
+
+def verbose() -> bool:
+    """Whether bdk prints its progress messages (configurations, cache hits, timings): ``BDK_VERBOSE``.
+
+    ``1`` (the default, what the command line uses) prints them; ``0`` keeps them off the page
+    (:func:`bdk.setup_notebook` sets it in the book, where each result is shown with its one-line
+    provenance instead). Warnings, errors and what a run changes (a resumed checkpoint, a result that
+    could not be saved, a data subset) are printed either way.
+
+    Raises:
+        ValueError: if ``BDK_VERBOSE`` is set to anything but ``0`` or ``1``.
+    """
+    value = os.environ.get("BDK_VERBOSE", "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"BDK_VERBOSE={value!r}: set it to 1 (print progress messages) or 0 (do not).")
+    return value == "1"
 
 
 def seed_everything(seed: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ._runtime import verbose as _verbose
 from .config import canonical_json, config_dict, config_hash
 from .provenance import Timer, git_state, provenance, source_digest, utc_now
 
@@ -116,7 +117,7 @@ def load_or_run(
     *,
     directory: str | os.PathLike | None = None,
     force: bool = False,
-    verbose: bool = True,
+    verbose: bool | None = None,
     profile: str | None = None,
     overrides: dict | None = None,
     with_provenance: bool = False,
@@ -136,7 +137,8 @@ def load_or_run(
         fn: computes the result from the configuration (tensors, arrays, dicts, numbers).
         directory: where to cache; by default :func:`cache_dir`.
         force: recompute even if a cached result exists.
-        verbose: say whether the result was loaded or computed, and how long it took.
+        verbose: say whether the result was loaded or computed, and how long it took (default:
+            ``bdk._runtime.verbose()``, i.e. ``BDK_VERBOSE``).
         profile, overrides: where the configuration came from, stored in the provenance.
         with_provenance: return ``(result, provenance)``: the provenance of the run that computed
             the result (``bdk.provenance.provenance``: configuration, commit, versions, device,
@@ -148,6 +150,7 @@ def load_or_run(
     """
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"name must be a non-empty file-name-safe string, got {name!r}.")
+    verbose = _verbose() if verbose is None else verbose
     folder = Path(directory) if directory is not None else cache_dir()
     path = folder / f"{name}-{config_hash(config)}.pt"
     code = source_digest()

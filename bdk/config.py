@@ -18,7 +18,7 @@ import hashlib
 import json
 from typing import Any, Mapping, TypeVar
 
-from ._runtime import PROFILES, profile as current_profile
+from ._runtime import PROFILES, profile as current_profile, verbose as verbose_default
 
 __all__ = ["select", "describe", "config_hash", "config_dict", "canonical_json", "json_default", "validate"]
 
@@ -69,13 +69,13 @@ def config_hash(config: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(config_dict(config)).encode()).hexdigest()[:length]
 
 
-def select(configs: Mapping[str, T], profile: str | None = None, verbose: bool = True) -> T:
+def select(configs: Mapping[str, T], profile: str | None = None, verbose: bool | None = None) -> T:
     """Pick the configuration of the active profile and print it.
 
     Args:
         configs: one dataclass instance per profile, keyed by ``"quick"`` and ``"paper"``.
         profile: the profile to use; by default :func:`bdk.profile`.
-        verbose: print the profile and every field of the chosen configuration.
+        verbose: print the profile and every field of the chosen configuration (default: ``BDK_VERBOSE``).
 
     Returns:
         The configuration of that profile.
@@ -89,7 +89,7 @@ def select(configs: Mapping[str, T], profile: str | None = None, verbose: bool =
     if name not in configs:
         raise ValueError(f"no configuration for profile {name!r}; this experiment defines {sorted(configs)}.")
     config = configs[name]
-    if verbose:
+    if (verbose_default() if verbose is None else verbose):
         print(describe(config, name))
     return config
 

@@ -69,6 +69,16 @@ __all__ = [
 ]
 
 
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(description: str) -> None:
+    """Print what was loaded, once per process and data set (a page that loads it five times says it once)."""
+    if description not in _ANNOUNCED:
+        _ANNOUNCED.add(description)
+        print(textwrap.fill(description + ".", width=72))
+
+
 class DataMissing(FileNotFoundError):
     """A data set (or a file of one) is not on this machine; the message says where to put it or how to get it."""
 
@@ -625,7 +635,7 @@ def load_mnist(
         )
     data.info.update(classes=MNIST_CLASSES, image_shape=(28, 28), num_classes=10, seed=seed)
     if verbose or data.info["subset"]:
-        print(textwrap.fill(data.info["description"] + ".", width=72))
+        _announce(data.info["description"])
     return data
 
 
@@ -704,7 +714,7 @@ def load_fashion_mnist(
          "classes": FASHION_MNIST_CLASSES, "image_shape": (28, 28), "num_classes": 10, "seed": seed},
     )
     if verbose or subset:
-        print(textwrap.fill(description + ".", width=72))
+        _announce(description)
     return data
 
 

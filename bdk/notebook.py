@@ -12,8 +12,23 @@ from ._runtime import get_device, profile, seed_everything
 __all__ = ["setup_notebook"]
 
 
+def _retina_figures() -> None:
+    """Inline figures as PNGs at twice their displayed resolution (sharp on high-density screens)."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:  # not in IPython
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("retina")
+
+
 def setup_notebook(seed: int = 0) -> torch.device:
     """Seed every generator, apply the book's plot style, print the profile and device, return the device.
+
+    It also sets ``BDK_VERBOSE=0`` unless it is set already, so that the page shows results rather than
+    logs: no configuration dumps, cache or timing messages (each chapter shows its runs' provenance in
+    one line instead). Set ``BDK_VERBOSE=1`` before the first cell to see them.
 
     If ``BDK_EXPECT_PROFILE`` is set (CI sets it), the active profile must equal it; otherwise a
     ``RuntimeError`` is raised, so a test run can never silently execute the wrong profile.
@@ -22,7 +37,9 @@ def setup_notebook(seed: int = 0) -> torch.device:
     from .plotting import use_style
 
     seed_everything(seed)
+    os.environ.setdefault("BDK_VERBOSE", "0")
     use_style()
+    _retina_figures()
     active = profile()
     expected = os.environ.get("BDK_EXPECT_PROFILE")
     if expected and expected != active:

@@ -12,6 +12,10 @@ def _isolated_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BDK_PROGRESS", "0")
     monkeypatch.delenv("BDK_DEVICE", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("BDK_VERBOSE", raising=False)
+    import bdk.data
+
+    bdk.data._ANNOUNCED.clear()  # each test sees the loaders' one-line announcements afresh
     yield
 
 

