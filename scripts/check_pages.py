@@ -30,6 +30,11 @@ A page FAILS (exit status 1, each page listed with its reasons) on
   * MathJax errors (``mjx-merror``, "Math input error"), undefined TeX macros (which MathJax's
     noundefined extension draws as red text), or math that MathJax never typeset;
   * a broken image: an ``<img>`` whose file does not exist, or whose naturalWidth is 0 after load;
+  * a figure a reader cannot follow: an ``<img>`` that is not inside a ``<figure>`` with a non-empty
+    ``<figcaption>`` (a caption and a number), or whose alt text is empty or a file name (myst-nb's
+    default); the frames of an animation (``div.animation``) are exempt;
+  * a soft image: a PNG/JPEG shown wider than 2/3 of its pixel width (not sharp on a high-density
+    screen; the book draws its figures at twice their displayed size);
   * a local resource that failed to load (HTTP status >= 400, or a network error), a page that does
     not finish loading;
   * a dead internal link: an href to a local file that does not exist, or to an #anchor that the
@@ -73,6 +78,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urljoin, urlsplit
 
 SKIP_PAGES = {"search.html", "genindex.html", "py-modindex.html"}
+# Alt text that only names the file (myst-nb writes "../_images/<hash>.png" when no alt is given).
+FILE_NAME_ALT = re.compile(r"(?:\S*/)?[\w.-]+\.(?:png|svg|jpe?g|gif|webp)", re.IGNORECASE)
+SHARP_RATIO = 1.5  # a PNG/JPEG must have at least this many pixels per displayed CSS pixel
 SKIP_DIRS = {"_static", "_sources", "_images", "_downloads", ".doctrees", "jupyter_execute"}
 VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
              "source", "track", "wbr"}
@@ -174,6 +182,12 @@ class _Scanner(HTMLParser):
             kinds.add("undefined-macro")  # MathJax's noundefined extension draws \foo in red
         if tag in {"button", "script", "style", "template"}:
             kinds.add("ignore")  # e.g. sphinx-copybutton's "Copy to clipboard" tooltip
+        if tag == "figure":
+            kinds.add("figure")
+        if tag == "figcaption":
+            kinds.add("figcaption")
+        if "animation" in classes:
+            kinds.add("animation")  # matplotlib's to_jshtml: the frames are images of one figure
         return kinds
 
     # -- HTMLParser callbacks ----------------------------------------------------------------------
@@ -197,6 +211,7 @@ class _Scanner(HTMLParser):
                     entry["figures"] = entry.get("figures", 0) + 1
         if tag == "img":
             self.scan.images.append(attrs.get("src", ""))
+            self._check_figure_image(attrs)
         if tag == "script" and attrs.get("src"):
             self.scan.scripts.append(attrs["src"])
         kinds = self._kinds(tag, classes, attrs)
@@ -224,6 +239,22 @@ class _Scanner(HTMLParser):
         if "math" in kinds:
             entry["typeset"] = False
         self.stack.append(entry)
+
+    def _check_figure_image(self, attrs: dict[str, str]) -> None:
+        """An image must sit in a captioned figure and have alt text that describes it."""
+        if self._inside("animation"):
+            return
+        src = attrs.get("src", "") or "(no src)"
+        alt = attrs.get("alt", "").strip()
+        if not alt:
+            self._add(f"image without alt text: {src}")
+        elif FILE_NAME_ALT.fullmatch(alt):
+            self._add(f"image whose alt text is a file name ({alt}): write what it shows")
+        figures = [entry for entry in self.stack if "figure" in entry["kinds"]]
+        if not figures:
+            self._add(f"image without a caption (not in a <figure>): {src}")
+        else:
+            figures[-1]["image"] = src
 
     def handle_startendtag(self, tag, attrs):
         self.handle_starttag(tag, attrs)
@@ -280,6 +311,13 @@ class _Scanner(HTMLParser):
                           "executed: did an earlier cell fail or time out?)")
         if "paragraph" in kinds and RAW_TABLE.search(text):
             self._add(f"a Markdown table shown as raw text: {_first_line(' '.join(text.split()), width=100)}")
+        if "figcaption" in kinds:
+            for outer in reversed(self.stack):
+                if "figure" in outer["kinds"]:
+                    outer["caption"] = " ".join(text.split()).rstrip("#").strip()
+                    break
+        if "figure" in kinds and entry.get("image") and not entry.get("caption"):
+            self._add(f"figure without a caption: {entry['image']}")
         if "system-message" in kinds:
             self._add(f"docutils system message: {_first_line(' '.join(text.split()), width=200)}")
         if "problematic" in kinds:
@@ -410,10 +448,12 @@ def image_problems(images: list[dict]) -> list[str]:
     """Broken images reported by the browser.
 
     Args:
-        images: for each ``<img>``: ``{"attr": src attribute, "complete": bool, "naturalWidth": int}``.
+        images: for each ``<img>``: ``{"attr": src attribute, "complete": bool, "naturalWidth": int}``,
+            optionally ``"clientWidth"`` (displayed CSS pixels) and ``"animation"`` (a frame of one).
 
     Returns:
-        A reason for each image that finished loading with naturalWidth 0 or never finished.
+        A reason for each image that finished loading with naturalWidth 0 or never finished, and for
+        each PNG/JPEG with fewer than ``SHARP_RATIO`` pixels per displayed pixel.
     """
     problems = []
     for image in images:
@@ -422,6 +462,11 @@ def image_problems(images: list[dict]) -> list[str]:
             problems.append(f"broken image: {src} did not finish loading")
         elif not image.get("naturalWidth"):
             problems.append(f"broken image: {src} has naturalWidth 0 (missing or not an image)")
+        elif (image.get("clientWidth") and not image.get("animation")
+              and not str(src).lower().split("?")[0].endswith(".svg")
+              and image["naturalWidth"] < SHARP_RATIO * image["clientWidth"]):
+            problems.append(f"soft image: {src} is {image['naturalWidth']} px wide, shown at {image['clientWidth']} px "
+                            f"(draw it at least {SHARP_RATIO:g}x its displayed size, e.g. the retina inline format)")
     return problems
 
 
@@ -696,14 +741,17 @@ PAGE_PROBE = r"""
     w.count += 1; w.widest = Math.max(w.widest, el.scrollWidth - el.clientWidth);
   }
   // Figures scaled down to fit the column: their text shrinks by the same factor.
+  // (against the width the page asks for: a 2x PNG is meant to be shown at half its pixel width)
+  const intended = img => parseFloat(img.style.width) || parseFloat(img.getAttribute('width')) || img.naturalWidth;
   const shrunk = imgs.filter(img => img.closest('.cell_output, .output, figure') && img.naturalWidth > 0)
-                     .map(img => img.clientWidth / img.naturalWidth).filter(scale => scale < SHRINK_LIMIT);
+                     .map(img => img.clientWidth / intended(img)).filter(scale => scale < SHRINK_LIMIT);
   return {
     mathjax,
     wide,
     shrunk,
     images: imgs.map(img => ({attr: img.getAttribute('src'), src: img.currentSrc || img.src,
-                              complete: img.complete, naturalWidth: img.naturalWidth})),
+                              complete: img.complete, naturalWidth: img.naturalWidth,
+                              clientWidth: img.clientWidth, animation: !!img.closest('.animation')})),
     height: Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
     html: document.documentElement.outerHTML,
   };

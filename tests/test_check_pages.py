@@ -25,7 +25,12 @@ GOOD_CELL = """
 <div class="cell_output docutils container">
 <div class="output stream highlight-myst-ansi notranslate"><div class="highlight"><pre><span></span>accuracy 0.93
 </pre></div></div>
-<img alt="../_images/abc.png" src="../_images/abc.png" />
+<figure class="align-default" id="fig-accuracy">
+<a class="reference internal image-reference" href="../_images/abc.png"><img alt="Test accuracy against the epoch" src="../_images/abc.png" style="width: 362px;" /></a>
+<figcaption>
+<p><span class="caption-number">Fig. 3.1 </span><span class="caption-text">Accuracy per epoch.</span><a class="headerlink" href="#fig-accuracy" title="Link to this image">#</a></p>
+</figcaption>
+</figure>
 </div>
 </div>
 """
@@ -100,7 +105,8 @@ def test_progress_bars_and_figure_reprs_in_outputs():
 
 
 def test_a_cell_that_calls_show_but_has_no_figure():
-    no_figure = GOOD_CELL.replace('<img alt="../_images/abc.png" src="../_images/abc.png" />', "")
+    no_figure = GOOD_CELL.replace('<img alt="Test accuracy against the epoch" src="../_images/abc.png" style="width: 362px;" />', "")
+    assert no_figure != GOOD_CELL
     problems = check_pages.dom_problems(page(GOOD_CELL + no_figure))
     assert len(problems) == 1 and problems[0].startswith("code cell 2 calls plt.show() but shows no figure")
     not_run = GOOD_CELL[:GOOD_CELL.index('<div class="cell_output')] + "</div>"
@@ -163,8 +169,10 @@ def _site(tmp_path: Path) -> Path:
     (root / "book" / "intro.html").write_text(page(
         '<h1 id="top">Intro</h1><a href="#top">ok</a> <a href="other.html#sec">ok</a> <a href="../index.html">ok</a>'
         ' <a href="https://example.org/x.html">external</a> <a href="mailto:a@b">mail</a> <a href="../book/">dir</a>'
-        ' <a href="../_static/theme.html?v=1">query</a> <img src="../_images/fig.png">'
-        ' <img src="data:image/png;base64,AAAA">'))
+        ' <a href="../_static/theme.html?v=1">query</a>'
+        ' <figure><img alt="A figure" src="../_images/fig.png"><figcaption><p>Fig. 1 One.</p></figcaption></figure>'
+        ' <figure><img alt="An inline figure" src="data:image/png;base64,AAAA"><figcaption><p>Fig. 2 Two.</p>'
+        '</figcaption></figure>'))
     (root / "book" / "index.html").write_text(page("dir index"))
     (root / "book" / "other.html").write_text(page(
         '<section id="sec"></section><a href="intro.html#nope">bad anchor</a> <a href="gone.html">dead</a>'
@@ -197,10 +205,30 @@ def test_link_problems_find_dead_links_anchors_and_missing_images(tmp_path):
 def test_image_problems_from_the_browser():
     images = [{"attr": "a.png", "complete": True, "naturalWidth": 640},
               {"attr": "b.png", "complete": True, "naturalWidth": 0},
-              {"attr": "c.png", "complete": False, "naturalWidth": 0}]
+              {"attr": "c.png", "complete": False, "naturalWidth": 0},
+              {"attr": "sharp.png", "complete": True, "naturalWidth": 1280, "clientWidth": 640},
+              {"attr": "soft.png", "complete": True, "naturalWidth": 763, "clientWidth": 700},
+              {"attr": "frame.png", "complete": True, "naturalWidth": 700, "clientWidth": 700, "animation": True},
+              {"attr": "drawing.svg", "complete": True, "naturalWidth": 300, "clientWidth": 700}]
     assert check_pages.image_problems(images) == [
         "broken image: b.png has naturalWidth 0 (missing or not an image)",
-        "broken image: c.png did not finish loading"]
+        "broken image: c.png did not finish loading",
+        "soft image: soft.png is 763 px wide, shown at 700 px (draw it at least 1.5x its displayed size, "
+        "e.g. the retina inline format)"]
+
+
+def test_a_figure_needs_a_caption_and_alt_text():
+    bare = page('<div class="cell_output"><img alt="../_images/abc.png" src="../_images/abc.png" /></div>')
+    assert check_pages.dom_problems(bare) == [
+        "image whose alt text is a file name (../_images/abc.png): write what it shows",
+        "image without a caption (not in a <figure>): ../_images/abc.png"]
+    no_alt = page('<figure><img src="x.png"><figcaption><p>A caption.</p></figcaption></figure>')
+    assert check_pages.dom_problems(no_alt) == ["image without alt text: x.png"]
+    empty = page('<figure><img alt="Loss curves" src="x.png"><figcaption><p> <a class="headerlink">#</a></p>'
+                 '</figcaption></figure>')
+    assert check_pages.dom_problems(empty) == ["figure without a caption: x.png"]
+    frames = page('<div class="animation"><img id="anim_img" src="data:image/png;base64,AAAA"></div>')
+    assert check_pages.dom_problems(frames) == []
 
 
 def test_static_only_run_reports_and_exits_1(tmp_path, capsys):
@@ -212,10 +240,21 @@ def test_static_only_run_reports_and_exits_1(tmp_path, capsys):
     assert check_pages.main([str(tmp_path / "nothing-here"), "--static-only"]) == 2
 
 
-# A 1x1 PNG, and a file named .png that is not an image (loads, but naturalWidth is 0).
-PNG_1X1 = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                        "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5f5"
-                        "7a6c0000000049454e44ae426082")
+def _png(width: int, height: int) -> bytes:
+    """A grey RGB PNG of the given size, written with the standard library."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\0" + b"\x80" * (3 * width) for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+# A 40x40 PNG (shown at 20 px: sharp; at 40 px: soft), and a file named .png that is not an image.
+PNG_40 = _png(40, 40)
 
 
 @pytest.mark.slow  # two Chromium starts: about 6 s
@@ -223,11 +262,14 @@ PNG_1X1 = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000
 def test_chromium_end_to_end(tmp_path, capsys):
     root = tmp_path / "html"
     (root / "book").mkdir(parents=True)
-    (root / "book" / "dot.png").write_bytes(PNG_1X1)
+    (root / "book" / "dot.png").write_bytes(PNG_40)
     (root / "book" / "corrupt.png").write_bytes(b"this is not a png")
-    (root / "book" / "good.html").write_text(page('<h1>Good</h1><img src="dot.png"><a href="bad.html">next</a>'))
+    (root / "book" / "good.html").write_text(page(
+        '<h1>Good</h1><figure><img alt="A grey square" src="dot.png" style="width: 20px"><figcaption><p>Fig. 1 A '
+        'square.</p></figcaption></figure><a href="bad.html">next</a>'))
     (root / "book" / "bad.html").write_text(page(
-        '<h1>Bad</h1><img src="corrupt.png"><link rel="stylesheet" href="gone.css">'
+        '<h1>Bad</h1><img src="corrupt.png"><img alt="soft" src="dot.png" style="width: 40px">'
+        '<link rel="stylesheet" href="gone.css">'
         '<div class="cell_output docutils container"><div class="output traceback"><pre>'
         "Traceback (most recent call last)\nNameError: name 'x' is not defined</pre></div></div>"
         "<script>const once = 1;</script><script>const once = 2;</script>"))
@@ -239,9 +281,11 @@ def test_chromium_end_to_end(tmp_path, capsys):
     bad = report["book/bad.html"]["problems"]
     assert "broken image: corrupt.png has naturalWidth 0 (missing or not an image)" in bad
     assert "HTTP 404 for book/gone.css" in bad
+    assert any(p.startswith("soft image: dot.png is 40 px wide, shown at 40 px") for p in bad)
+    assert "image without a caption (not in a <figure>): corrupt.png" in bad
     assert "Python traceback in a cell output: NameError: name 'x' is not defined" in bad
     assert any(p.startswith("JavaScript exception: SyntaxError") and "once" in p for p in bad)
-    assert (out / "book" / "good.png").read_bytes()[:8] == PNG_1X1[:8]
+    assert (out / "book" / "good.png").read_bytes()[:8] == PNG_40[:8]
     assert (out / "book" / "bad.png").stat().st_size > 1000
     assert "1 passed, 1 failed" in text
     assert check_pages.main([str(root), "--chromium", "chromium", "--no-screenshots", "--page", "book/good.html"]) == 0
