@@ -5,11 +5,18 @@ the committed notebooks stay without outputs. The executed copies are then store
 cache of the book build (``_build/.jupyter_cache``), keyed by their code, so that
 ``jupyter-book build .`` (``execute_notebooks: cache``) reuses them instead of executing them again.
 
-    python scripts/execute_notebooks.py [--times FILE] [NOTEBOOK ...]
+    python scripts/execute_notebooks.py [--times FILE] [--work DIR] [--no-book-cache] [NOTEBOOK ...]
 
 ``--times FILE`` also writes how long each notebook took to execute (JSON: date, machine, profile,
 seconds per notebook); the landing page reads ``data/timings/quick-cpu.json`` and
-``data/timings/paper-gpu.json`` written this way.
+``data/timings/paper-gpu.json`` written this way. ``--work DIR`` executes the copies in DIR instead
+of ``nbexec/`` (several runs side by side), ``--no-book-cache`` leaves the book build's cache alone.
+
+After the run, the executed copies are checked for what a reader should not meet (exit status 1,
+each problem listed): a figure output of a cell without a caption, a name and alt text
+(``metadata.mystnb.figure.caption``/``.name`` and ``metadata.mystnb.image.alt``, which myst-nb turns
+into a numbered ``<figure>``), two figures from one cell, and log lines in outputs (cache and timing
+messages, configuration dumps; a cell tagged ``shows-log`` may show them, to explain them).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -61,24 +69,66 @@ def write_times(junit: Path, out: Path) -> None:
     print(f"wrote the execution time of {len(seconds)} notebook(s) to {out}")
 
 
+# Lines that are logs, not results: the cache's and the registry's messages, configuration dumps.
+LOG_LINE = re.compile(r"loaded cached result|result cached as|: ran in \d|in \$BDK_CACHE_DIR|~/\.cache/bdk"
+                      r"|^profile (quick|paper): \w+Config", re.M)
+IMAGE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
+
+
+def output_problems(nb: dict, name: str) -> list[str]:
+    """What a reader should not meet in an executed notebook's outputs (see the module docstring)."""
+    problems = []
+    for number, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+        outputs = cell.get("outputs", [])
+        images = [o for o in outputs if any(t in o.get("data", {}) for t in IMAGE_TYPES)]
+        meta = cell.get("metadata", {}).get("mystnb", {})
+        where = f"{name}, code cell {number + 1} ({''.join(cell['source']).strip().splitlines()[-1][:60]!r})"
+        if images:
+            figure, image = meta.get("figure", {}), meta.get("image", {})
+            missing = [k for k, v in (("figure.caption", figure.get("caption")), ("figure.name", figure.get("name")),
+                                      ("image.alt", image.get("alt"))) if not v]
+            if missing:
+                problems.append(f"{where}: a figure without metadata.mystnb {', '.join(missing)}")
+            if len(images) > 1:
+                problems.append(f"{where}: {len(images)} figures from one cell (one figure, one caption per cell)")
+        if "shows-log" in cell.get("metadata", {}).get("tags", []):
+            continue  # a cell that teaches what the messages mean (chapter "Data and tools")
+        for output in outputs:
+            text = "".join(output.get("text", "")) if output.get("output_type") == "stream" else \
+                "".join(output.get("data", {}).get("text/plain", "")) if not any(
+                    t in output.get("data", {}) for t in ("text/html", "text/markdown", *IMAGE_TYPES)) else ""
+            match = LOG_LINE.search(text)
+            if match:
+                line = text[text.rfind("\n", 0, match.start()) + 1:].split("\n", 1)[0]
+                problems.append(f"{where}: a log line in the output: {line[:100]!r}")
+    return problems
+
+
 def main(argv: list[str]) -> int:
-    times = None
-    if argv[:1] == ["--times"]:
+    times, work, book_cache = None, WORK, True
+    while argv[:1] and argv[0] in ("--times", "--work", "--no-book-cache"):
+        if argv[0] == "--no-book-cache":
+            book_cache, argv = False, argv[1:]
+            continue
         if len(argv) < 2:
-            print("--times needs a file name", file=sys.stderr)
+            print(f"{argv[0]} needs a value", file=sys.stderr)
             return 2
-        times, argv = Path(argv[1]).resolve(), argv[2:]
+        if argv[0] == "--times":
+            times = Path(argv[1]).resolve()
+        else:
+            work = Path(argv[1]).resolve()
+        argv = argv[2:]
     sources = [Path(a).resolve() for a in argv] or sorted(
         p for p in (ROOT / "book").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
     )
     if not sources:
         print("no notebooks found under book/", file=sys.stderr)
         return 1
-    if WORK.exists():
-        shutil.rmtree(WORK)
+    if work.exists():
+        shutil.rmtree(work)
     copies = []
     for src in sources:
-        dst = WORK / src.relative_to(ROOT)
+        dst = work / src.relative_to(ROOT)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
         copies.append(dst)
@@ -93,6 +143,14 @@ def main(argv: list[str]) -> int:
         return result.returncode
     if times is not None:
         write_times(junit, times)
+    problems = [p for copy in copies for p in output_problems(json.loads(copy.read_text()), copy.name)]
+    for problem in problems:
+        print(f"[outputs] {problem}", file=sys.stderr)
+    if problems:
+        print(f"[outputs] {len(problems)} problem(s) in the executed notebooks' outputs", file=sys.stderr)
+        return 1
+    if not book_cache:
+        return 0
 
     from jupyter_cache import get_cache
 
@@ -102,7 +160,7 @@ def main(argv: list[str]) -> int:
         for cell in nb["cells"]:
             cell.get("metadata", {}).pop("execution", None)  # timing metadata is not part of the code
         copy.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
-        cache.cache_notebook_file(str(copy), uri=str(ROOT / copy.relative_to(WORK)), check_validity=False, overwrite=True)
+        cache.cache_notebook_file(str(copy), uri=str(ROOT / copy.relative_to(work)), check_validity=False, overwrite=True)
     print(f"cached {len(copies)} executed notebook(s) in {CACHE.relative_to(ROOT)}")
     return 0
 

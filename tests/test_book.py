@@ -80,3 +80,23 @@ def test_the_publishing_workflow_builds_and_deploys_the_book():
     workflow = (ROOT / ".github" / "workflows" / "book.yml").read_text()
     assert "bash scripts/build-book.sh" in workflow and "actions/deploy-pages@" in workflow
     assert "path: _build/html" in workflow
+
+
+def test_executed_outputs_are_checked_for_captions_and_log_lines():
+    import execute_notebooks
+
+    png = {"output_type": "display_data", "data": {"image/png": "AAAA", "text/plain": "<Figure>"}, "metadata": {}}
+    log = {"output_type": "stream", "name": "stdout", "text": "demo: ran in 0.8 s; result cached as\n  x.pt in $BDK_CACHE_DIR\n"}
+    good_meta = {"mystnb": {"figure": {"caption": "Loss per step.", "name": "fig-loss"}, "image": {"alt": "A falling curve"}}}
+
+    def cell(outputs, metadata=None):
+        return {"cell_type": "code", "source": ["plot()"], "metadata": metadata or {}, "outputs": outputs}
+
+    assert execute_notebooks.output_problems({"cells": [cell([png], good_meta)]}, "x") == []
+    bare = execute_notebooks.output_problems({"cells": [cell([png])]}, "x")
+    assert bare == ["x, code cell 1 ('plot()'): a figure without metadata.mystnb figure.caption, figure.name, image.alt"]
+    two = execute_notebooks.output_problems({"cells": [cell([png, png], good_meta)]}, "x")
+    assert two == ["x, code cell 1 ('plot()'): 2 figures from one cell (one figure, one caption per cell)"]
+    noisy = execute_notebooks.output_problems({"cells": [cell([log])]}, "x")
+    assert noisy == ["x, code cell 1 ('plot()'): a log line in the output: 'demo: ran in 0.8 s; result cached as'"]
+    assert execute_notebooks.output_problems({"cells": [cell([log], {"tags": ["shows-log"]})]}, "x") == []
