@@ -35,7 +35,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("2", "SGD as an SDE", ("sgd-sde",), "temperature $\\eta\\sigma^2/2$,\nper-parameter\nrates", ("1",)),
     Chapter("3", "SGLD", ("sgld",), "injected vs gradient\nnoise, step sizes,\npSGLD", ("1", "2")),
     Chapter("4", "Bayesian learning rule", ("blr",), "natural gradients; GD,\nNewton, Adam and VON\nas special cases", ("2",)),
-    Chapter("5", "IVON", ("ivon",), "variational learning\nat the cost of Adam", ("4",)),
+    Chapter("5", "IVON", ("ivon",), "variational learning\nwith Adam's\nmachinery", ("4",)),
     Chapter("6", "Bayesian dark knowledge",
             ("bdk-toy", "bdk-toy-regression", "bdk-mnist", "bdk-boston", "bdk-teachers"),
             "distil an SGLD\nensemble into\none network", ("3", "5")),
@@ -50,15 +50,15 @@ def chapter_map():
     from ..plotting import COLORS
 
     # Box centres in axes units: sampling on the top row, SGD and variational learning below.
-    where = {"0": (0.125, 0.74), "1": (0.375, 0.74), "3": (0.625, 0.74), "6": (0.875, 0.74),
-             "2": (0.375, 0.24), "4": (0.625, 0.24), "5": (0.875, 0.24)}
+    where = {"0": (0.125, 0.75), "1": (0.375, 0.75), "3": (0.625, 0.75), "6": (0.875, 0.75),
+             "2": (0.375, 0.25), "4": (0.625, 0.25), "5": (0.875, 0.25)}
     short = {"1": "1. Langevin\ndynamics", "2": "2. SGD as\nan SDE", "4": "4. Bayesian\nlearning rule",
              "6": "6. Bayesian dark\nknowledge", "0": "0. Data\nand tools"}
-    fig, ax = plt.subplots(figsize=(7.5, 3.9))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
-    width, height = 0.19, 0.36
+    width, height = 0.2, 0.4
     boxes = {}
     for ch in CHAPTERS:
         x, y = where[ch.number]
@@ -66,17 +66,17 @@ def chapter_map():
         boxes[ch.number] = ax.add_patch(FancyBboxPatch(
             (x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.008",
             facecolor="white", edgecolor=edge, linewidth=2.2 if ch.number == "6" else 1.3))
-        ax.text(x, y + 0.1, short.get(ch.number, f"{ch.number}. {ch.title}"), ha="center", va="center",
-                fontsize=9, weight="bold", color=edge if ch.number == "6" else "0.1", linespacing=1.1)
-        ax.text(x, y - 0.08, ch.ideas, ha="center", va="center", fontsize=7.5, color="0.25", linespacing=1.3)
+        ax.text(x, y + 0.12, short.get(ch.number, f"{ch.number}. {ch.title}"), ha="center", va="center",
+                fontsize=10.5, weight="bold", color=edge if ch.number == "6" else "0.1", linespacing=1.1)
+        ax.text(x, y - 0.09, ch.ideas, ha="center", va="center", fontsize=9, color="0.25", linespacing=1.25)
     for ch in CHAPTERS:
         for source in ch.uses:
             ax.add_patch(FancyArrowPatch(posA=where[source], posB=where[ch.number], patchA=boxes[source],
                                          patchB=boxes[ch.number], arrowstyle="-|>", mutation_scale=12,
                                          color="0.4", linewidth=1.2, shrinkA=3, shrinkB=3))
-    ax.text(0.125, 0.24, "Chapter 0 introduces\nthe data, metrics and\nhelpers of every chapter.\n\n"
+    ax.text(0.125, 0.24, "Chapter 0: the data,\nmetrics and helpers\nof every chapter.\n\n"
             "Arrows point from a\nchapter to the ones\nthat build on it.", ha="center", va="center",
-            fontsize=7.5, color="0.35", style="italic")
+            fontsize=9.5, color="0.35", style="italic")
     fig.tight_layout(pad=0.2)
     return fig
 
