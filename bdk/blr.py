@@ -1010,6 +1010,63 @@ class LinearRegressionPotential:
 # --------------------------------------------------------------------------------------------------
 
 
+def _von_real(value) -> float | None:
+    """``value`` as a float if it is a real number (a Python or NumPy scalar, or a one-element tensor), else None."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(value)
+
+
+def _check_von_group(group: dict, where: str) -> None:
+    """Raise ``ValueError``, prefixed by ``where``, if a VON hyperparameter of ``group`` is out of range.
+
+    A few comparisons of Python numbers: cheap enough to run at every step and every sample.
+
+    Args:
+        group: a parameter group, or the constructor's defaults.
+        where: names the call and the group, e.g. ``"VON step 3, param_groups[1]"``.
+
+    Raises:
+        ValueError: naming ``where``, the hyperparameter, its value and the valid range.
+    """
+    lr = _von_real(group["lr"])
+    if lr is None or not 0 < lr <= 1:
+        raise ValueError(
+            f"{where}: lr must be in (0, 1], got {group['lr']!r}. If a learning-rate scheduler sets it, "
+            "check that its schedule stays in range (a linear decay run past its end goes to 0 or below)."
+        )
+    for name in ("ess", "hess_init"):
+        value = _von_real(group[name])
+        if value is None or not 0 < value < math.inf:
+            raise ValueError(f"{where}: {name} must be a positive finite number, got {group[name]!r}.")
+    wd = _von_real(group["weight_decay"])
+    if wd is None or not 0 <= wd < math.inf:
+        raise ValueError(
+            f"{where}: weight_decay must be a non-negative finite number, got {group['weight_decay']!r} "
+            "(it is the prior precision divided by ess)."
+        )
+    if group["hess_approx"] not in ("reparam", "gradient_magnitude"):
+        raise ValueError(f"{where}: hess_approx must be 'reparam' or 'gradient_magnitude', got {group['hess_approx']!r}.")
+
+
+def _von_all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True if no tensor holds a NaN or inf: one fused norm and one host sync per device.
+
+    A finite tensor whose norm overflows is confirmed elementwise before it counts as non-finite.
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    for ts in by_device.values():
+        norms = torch._foreach_norm(ts)
+        if not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+            if not all(bool(torch.isfinite(t).all()) for t in ts):
+                return False
+    return True
+
+
 class VON(torch.optim.Optimizer):
     r"""Variational online Newton with a diagonal Gaussian over a module's parameters (chapter 4).
 
@@ -1042,17 +1099,25 @@ class VON(torch.optim.Optimizer):
             loss.backward()
         opt.step()
 
+    The hyperparameters of every group are checked again at each :meth:`sampled_params` and
+    :meth:`step`, so a scheduler or a user editing ``param_groups`` cannot set an invalid value
+    silently. A refused step changes nothing (weights, ``hess``, step count) and discards the
+    samples drawn since the last step, so the next iteration starts clean. :meth:`state_dict`
+    includes the state of ``generator``, so a resumed run repeats the uninterrupted one bit for bit.
+
     Args:
-        params: parameters or parameter groups.
+        params: parameters or parameter groups (real floating-point tensors).
         lr: :math:`\rho \in (0, 1]`.
         ess: :math:`N > 0`.
         hess_init: :math:`h_0 > 0`.
         weight_decay: :math:`\delta \ge 0`.
         hess_approx: ``"reparam"`` or ``"gradient_magnitude"``.
-        generator: an optional ``torch.Generator`` for the weight noise.
+        generator: an optional ``torch.Generator`` for the weight noise (without one, the global
+            torch generator is used and a resumed run is exact only if the caller restores it).
 
     Raises:
-        ValueError: on bad hyperparameters.
+        ValueError: on bad hyperparameters, or a parameter that is not a real floating-point tensor
+            (complex ones would be sampled at the wrong temperature).
     """
 
     def __init__(
@@ -1065,66 +1130,154 @@ class VON(torch.optim.Optimizer):
         hess_approx: str = "reparam",
         generator: torch.Generator | None = None,
     ):
-        _check_rate(lr)
-        if lr > 1:
-            raise ValueError(f"lr must be in (0, 1], got {lr}.")
-        _check_rate(ess, "ess")
-        _check_rate(hess_init, "hess_init")
-        if not (weight_decay >= 0) or not math.isfinite(weight_decay):
-            raise ValueError(f"weight_decay must be a non-negative finite number, got {weight_decay!r}.")
-        if hess_approx not in ("reparam", "gradient_magnitude"):
-            raise ValueError(f"hess_approx must be 'reparam' or 'gradient_magnitude', got {hess_approx!r}.")
         defaults = dict(lr=lr, ess=ess, hess_init=hess_init, weight_decay=weight_decay, hess_approx=hess_approx)
-        super().__init__(params, defaults)
+        _check_von_group(defaults, "VON")
         self.generator = generator
-        self._num_draws = 0
+        self._num_draws = 0  # training samples recorded since the last step
         self._steps = 0
-        for group in self.param_groups:
+        self._active = False  # inside sampled_params
+        super().__init__(params, defaults)  # calls add_param_group, which initialises the state
+
+    # ----------------------------------------------------------------------------------------------
+    # groups, state, (de)serialisation
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a parameter group (hyperparameters not given take the constructor's values) and its state.
+
+        Raises:
+            ValueError: if a hyperparameter of the group is out of range or a parameter is not a
+                real floating-point tensor; the group is then not added.
+            RuntimeError: inside :meth:`sampled_params`, or between a training sample and its step.
+        """
+        if self._active or self._num_draws:
+            raise RuntimeError(
+                "VON.add_param_group() must be called between steps, not inside sampled_params() or after "
+                "sampled_params(train=True) and before the step() that uses its gradients."
+            )
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        where = f"VON param_groups[{len(self.param_groups) - 1}]"
+        try:
+            _check_von_group(group, where)
             for p in group["params"]:
-                state = self.state[p]
-                state["hess"] = torch.full_like(p, float(group["hess_init"]))
-                state["grad_sum"] = torch.zeros_like(p)
-                state["hess_sum"] = torch.zeros_like(p)
+                if not p.is_floating_point():
+                    raise ValueError(
+                        f"{where}: VON optimises real floating-point parameters only, got one of dtype {p.dtype} "
+                        f"and shape {tuple(p.shape)}."
+                    )
+        except ValueError:
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
+        for p in group["params"]:
+            state = self.state[p]
+            state["hess"] = torch.full_like(p, float(group["hess_init"]))
+            state["grad_sum"] = torch.zeros_like(p)
+            state["hess_sum"] = torch.zeros_like(p)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        # torch pickles only defaults, state and param_groups; the sample count is not kept
+        self.__dict__.setdefault("generator", None)
+        self.__dict__.setdefault("_num_draws", 0)
+        self.__dict__.setdefault("_steps", 0)
+        self._active = False
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.update(generator=self.generator, _num_draws=self._num_draws, _steps=self._steps)
+        return state
+
+    def state_dict(self):
+        """The optimizer state plus the step and sample counts and the state of ``generator`` (if any)."""
+        out = super().state_dict()
+        out["von_num_draws"] = self._num_draws
+        out["von_steps"] = self._steps
+        if self.generator is not None:
+            out["von_generator"] = {"state": self.generator.get_state(), "device": str(self.generator.device)}
+        return out
+
+    def load_state_dict(self, state_dict):
+        """Restore :meth:`state_dict`, including the generator's state, so a resumed run is identical.
+
+        The tensors are copied, so this optimizer never shares storage with the one that saved them.
+        If this optimizer has no generator but the saved one had, a generator is created for it.
+
+        Raises:
+            RuntimeError: inside :meth:`sampled_params`.
+        """
+        if self._active:
+            raise RuntimeError("VON.load_state_dict() cannot be called inside sampled_params(); call it outside the with block.")
+        state_dict = dict(state_dict)
+        num_draws = state_dict.pop("von_num_draws", 0)
+        steps = state_dict.pop("von_steps", 0)
+        gen = state_dict.pop("von_generator", None)
+        super().load_state_dict(state_dict)
+        for st in self.state.values():
+            for k, v in list(st.items()):
+                if isinstance(v, torch.Tensor):
+                    st[k] = v.clone()
+        self._num_draws, self._steps = num_draws, steps
+        if gen is not None:
+            if self.generator is None:
+                self.generator = torch.Generator(device=gen["device"])
+            self.generator.set_state(gen["state"])
+
+    # ----------------------------------------------------------------------------------------------
+    # sampling
 
     def _std(self, p, group):
         return 1.0 / torch.sqrt(group["ess"] * (self.state[p]["hess"] + group["weight_decay"]))
+
+    def _check_groups(self, where: str) -> None:
+        for gi, group in enumerate(self.param_groups):
+            _check_von_group(group, f"{where}, param_groups[{gi}]")
+
+    def _params(self) -> list[tuple[dict, torch.Tensor]]:
+        return [(group, p) for group in self.param_groups for p in group["params"]]
 
     @contextlib.contextmanager
     def sampled_params(self, train: bool = False) -> Iterator[None]:
         r"""Temporarily set the parameters to a draw :math:`\theta = m + \sigma\varepsilon` from :math:`q`.
 
         With ``train=True`` the gradient left in ``.grad`` by ``backward()`` inside the block is
-        recorded (and ``.grad`` cleared) on exit for the next :meth:`step`. The mean is restored in a
-        ``finally:`` block, also when the body raises.
+        recorded (and ``.grad`` cleared) on exit for the next :meth:`step`; ``.grad`` is also cleared
+        on entry, so only gradients computed inside the block count. The mean is restored in a
+        ``finally:`` block, also when the body raises; then nothing is recorded and ``.grad`` is
+        cleared, so the failed sample's gradient cannot leak into the next one.
+
+        Raises:
+            RuntimeError: when nested, or when ``train=True`` and a parameter has no gradient at
+                the end of the block.
+            ValueError: naming the group, if a hyperparameter of a group is out of range.
         """
+        if self._active:
+            raise RuntimeError("VON.sampled_params() blocks cannot be nested: the mean weights are already replaced by a sample.")
+        self._check_groups("VON.sampled_params")
+        params = self._params()
         means, noises = [], []
         with torch.no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    eps = torch.randn(p.shape, generator=self.generator, dtype=p.dtype, device=p.device)
-                    noise = eps * self._std(p, group)
-                    means.append(p.detach().clone())
-                    noises.append(noise)
-                    p.add_(noise)
+            for group, p in params:
+                if train:
+                    p.grad = None
+                eps = torch.randn(p.shape, generator=self.generator, dtype=p.dtype, device=p.device)
+                noise = eps * self._std(p, group)
+                means.append(p.detach().clone())
+                noises.append(noise)
+                p.add_(noise)
+        self._active = True
         completed = False
         try:
             yield
             completed = True
         finally:
+            self._active = False
             record = completed and train
-            params = [(group, p) for group in self.param_groups for p in group["params"]]
             missing = record and any(p.grad is None for _, p in params)
             with torch.no_grad():
                 for i, (group, p) in enumerate(params):
                     if record and not missing:
-                        g = p.grad.detach()
-                        state = self.state[p]
-                        state["grad_sum"].add_(g)
-                        if group["hess_approx"] == "reparam":
-                            var = self._std(p, group) ** 2
-                            state["hess_sum"].add_(g * noises[i] / var)
-                        else:
-                            state["hess_sum"].add_(g * g)
+                        self._record(p, group, p.grad.detach(), noises[i])
+                    if train or not completed:
                         p.grad = None
                     p.copy_(means[i])  # always restore the mean
             if record:
@@ -1135,55 +1288,94 @@ class VON(torch.optim.Optimizer):
                     )
                 self._num_draws += 1
 
+    def _record(self, p: torch.Tensor, group: dict, g: torch.Tensor, noise: torch.Tensor) -> None:
+        """Add one sample's gradient and Hessian estimate to the sums of ``p``."""
+        state = self.state[p]
+        state["grad_sum"].add_(g)
+        if group["hess_approx"] == "reparam":
+            var = self._std(p, group) ** 2
+            state["hess_sum"].add_(g * noise / var)
+        else:
+            state["hess_sum"].add_(g * g)
+
+    # ----------------------------------------------------------------------------------------------
+    # the update
+
+    def _discard_draws(self) -> None:
+        """Forget the samples drawn since the last step."""
+        for _, p in self._params():
+            self.state[p]["grad_sum"].zero_()
+            self.state[p]["hess_sum"].zero_()
+        self._num_draws = 0
+
+    def _new_hessians(self, where: str) -> list[torch.Tensor]:
+        """The Hessian estimates the step would set, one per parameter, after checking the samples.
+
+        Raises:
+            FloatingPointError: if a gradient sum or Hessian-estimate sum holds a NaN or inf.
+            ValueError: if a new precision ``h + weight_decay`` is not positive.
+        """
+        params = self._params()
+        sums = [self.state[p][k] for _, p in params for k in ("grad_sum", "hess_sum")]
+        if not _von_all_finite(sums):
+            bad = next(p for _, p in params if not all(bool(self.state[p][k].isfinite().all()) for k in ("grad_sum", "hess_sum")))
+            raise FloatingPointError(
+                f"{where}: a gradient is NaN or infinite (parameter of shape {tuple(bad.shape)}). Lower the "
+                "learning rate, check the data for NaNs, or check the loss."
+            )
+        k = self._num_draws
+        hessians, lows = [], []
+        for group, p in params:
+            rho, state = group["lr"], self.state[p]
+            hess = (1 - rho) * state["hess"] + rho * (state["hess_sum"] / k)
+            hessians.append(hess)
+            lows.append((hess + group["weight_decay"]).min().to(device=params[0][1].device, dtype=torch.float64))
+        if lows and not bool((torch.stack(lows) > 0).all()):  # one host sync; a NaN counts as non-positive
+            raise ValueError(
+                f"{where}: the precision h + weight_decay became non-positive "
+                "(the reparameterisation Hessian estimate was negative); lower lr, draw more samples, "
+                "use hess_approx='gradient_magnitude', or use IVON (next chapter), which corrects this."
+            )
+        return hessians
+
     @torch.no_grad()
     def step(self, closure=None):
         """Update the mean and the Hessian estimate from the samples drawn since the last step.
 
+        Everything is checked before anything changes: a refused step leaves the weights, the
+        Hessian estimates and the step count as they were, and discards the samples drawn since the
+        last step (so the next ``sampled_params(train=True)`` + ``backward()`` + ``step()`` is clean).
+
         Raises:
-            RuntimeError: if no sample was drawn with ``sampled_params(train=True)``.
+            RuntimeError: if no sample was drawn with ``sampled_params(train=True)``, or inside
+                :meth:`sampled_params` (then nothing is discarded).
             FloatingPointError: naming the step, if a gradient is not finite.
-            ValueError: naming the step, if the Hessian estimate stops being positive.
+            ValueError: naming the step, if the Hessian estimate stops being positive, or (naming the
+                group too) if a hyperparameter is out of range, e.g. a scheduler's ``lr`` outside (0, 1].
         """
         if closure is not None:
             raise ValueError("VON.step does not take a closure; compute the loss inside sampled_params(train=True).")
+        if self._active:
+            raise RuntimeError("VON.step() cannot be called inside sampled_params(); call it after the with block.")
         if self._num_draws == 0:
             raise RuntimeError("VON.step: no sample was drawn; compute the loss inside `with opt.sampled_params(train=True):`.")
-        self._steps += 1
+        where = f"VON step {self._steps + 1}"
+        try:
+            self._check_groups(where)
+            hessians = self._new_hessians(where)
+        except (ValueError, FloatingPointError):
+            self._discard_draws()
+            raise
         k = self._num_draws
-        for group in self.param_groups:
+        for (group, p), hess in zip(self._params(), hessians):
             rho, delta = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                state = self.state[p]
-                g = state["grad_sum"] / k
-                h_hat = state["hess_sum"] / k
-                if not (torch.isfinite(g).all() and torch.isfinite(h_hat).all()):
-                    raise FloatingPointError(f"VON step {self._steps}: a gradient is NaN or infinite; lower lr or check the loss.")
-                hess = (1 - rho) * state["hess"] + rho * h_hat
-                if not (hess + delta > 0).all():
-                    raise ValueError(
-                        f"VON step {self._steps}: the precision h + weight_decay became non-positive "
-                        "(the reparameterisation Hessian estimate was negative); lower lr, draw more samples, "
-                        "use hess_approx='gradient_magnitude', or use IVON (next chapter), which corrects this."
-                    )
-                state["hess"] = hess
-                p.sub_(rho * (g + delta * p) / (hess + delta))
-                state["grad_sum"].zero_()
-                state["hess_sum"].zero_()
-        self._num_draws = 0
+            state = self.state[p]
+            state["hess"] = hess
+            p.sub_(rho * (state["grad_sum"] / k + delta * p) / (hess + delta))
+        self._discard_draws()
+        self._steps += 1
         return None
 
     def posterior_std(self) -> list[torch.Tensor]:
         r"""The standard deviations :math:`\sigma = 1/\sqrt{N(h+\delta)}` of every parameter, in order."""
-        return [self._std(p, g) for g in self.param_groups for p in g["params"]]
-
-    def state_dict(self):
-        out = super().state_dict()
-        out["von_num_draws"] = self._num_draws
-        out["von_steps"] = self._steps
-        return out
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        self._num_draws = state_dict.pop("von_num_draws", 0)
-        self._steps = state_dict.pop("von_steps", 0)
-        super().load_state_dict(state_dict)
+        return [self._std(p, g) for g, p in self._params()]

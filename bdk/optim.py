@@ -40,6 +40,31 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """True if no tensor holds a NaN or an inf: one fused norm over the list and one host sync.
+
+    A NaN or inf makes a 2-norm non-finite; a finite tensor whose norm overflows is confirmed
+    elementwise before it counts as non-finite (the idea of ``bdk.samplers._all_finite``).
+    """
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(tensors)  # the tensors share a device (one bucket)
+    if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _check_floating(params, where: str) -> None:
+    """Raise ``ValueError`` unless every parameter is a real floating-point tensor (complex ones are refused)."""
+    for p in params:
+        if not p.is_floating_point():
+            raise ValueError(
+                f"{where}: IVON optimises floating-point parameters only, got one of dtype {p.dtype} and shape "
+                f"{tuple(p.shape)}. Complex parameters would be sampled at the wrong temperature; keep the "
+                "model real (split a complex weight into real and imaginary parts)."
+            )
+
+
 class _Bucket:
     """Scratch buffers of the parameters of one group that share a device and a dtype.
 
@@ -110,11 +135,12 @@ class IVON(torch.optim.Optimizer):
     Args:
         params: an iterable of tensors or of dicts defining parameter groups (any hyperparameter
             below except ``mc_samples``, ``sync`` may be set per group).
-        lr: learning rate :math:`\alpha \ge 0`.
+        lr: learning rate :math:`\alpha \ge 0`, finite.
         ess: effective sample size :math:`\lambda > 0` (usually the training-set size).
         hess_init: initial Hessian estimate :math:`h_0 > 0`.
-        beta1: momentum coefficient in :math:`[0, 1]`.
-        beta2: Hessian averaging coefficient in :math:`[0, 1]`.
+        beta1: momentum coefficient in :math:`[0, 1)` (at 1 the debiasing divides by zero).
+        beta2: Hessian averaging coefficient in :math:`[0, 1]` (1 freezes the Hessian estimate). The
+            reference package asks for :math:`(0, 1)` for both; the closed ends are well defined here.
         weight_decay: :math:`\delta \ge 0`, the prior precision divided by ``ess``.
         mc_samples: number of weight samples per step that ``step(closure)`` evaluates (>= 1).
         hess_approx: ``'price'`` (reparameterisation/Price estimate, the default) or ``'gradsq'``.
@@ -123,9 +149,17 @@ class IVON(torch.optim.Optimizer):
         debias: divide the momentum by :math:`1 - \beta_1^t`.
         rescale_lr: multiply the learning rate by :math:`h_0 + \delta`.
 
+    The hyperparameters of every group are checked again at each :meth:`sampled_params` and
+    :meth:`step` (so a scheduler or a user editing ``param_groups`` cannot set an invalid value
+    silently), and :meth:`step` refuses non-finite gradient statistics. A refused step changes
+    nothing (weights, ``hess``, ``momentum``, step counts) and discards the gradient samples collected
+    since the last step, so the next ``sampled_params(train=True)`` + ``backward()`` + ``step()``
+    starts clean.
+
     Raises:
-        ValueError: if a hyperparameter is out of range, ``hess_approx`` is unknown, or a parameter
-            is not a floating-point tensor.
+        ValueError: if a hyperparameter is out of range (including a non-finite ``lr`` or
+            ``beta1 = 1``), ``hess_approx`` is unknown, or a parameter is not a real floating-point
+            tensor (complex and integer tensors are refused).
     """
 
     hessian_approx_methods = _HESS_APPROX
@@ -176,58 +210,89 @@ class IVON(torch.optim.Optimizer):
         self._active = False  # inside sampled_params
 
     @staticmethod
-    def _check_hyperparameters(group: dict) -> None:
+    def _check_hyperparameters(group: dict, where: str = "IVON") -> None:
+        """Raise ``ValueError``, prefixed by ``where``, if a hyperparameter of ``group`` is out of range.
+
+        A dozen comparisons of Python numbers: cheap enough to run at every step.
+
+        Args:
+            group: a parameter group, or the constructor's defaults.
+            where: names the call and the group in the message, e.g. ``"IVON step 3, param_groups[1]"``.
+
+        Raises:
+            ValueError: naming ``where``, the hyperparameter, its value and the valid range.
+        """
+
         def number(name: str) -> float:
             value = group[name]
             if isinstance(value, Tensor) and value.numel() == 1:
                 value = value.item()
             if not _is_number(value) or math.isnan(value):
-                raise ValueError(f"{name} must be a real number, got {value!r}.")
+                raise ValueError(f"{where}: invalid {name}={group[name]!r}: it must be a real number (not NaN).")
             return float(value)
 
-        if number("lr") < 0:
-            raise ValueError(f"Invalid learning rate lr={group['lr']!r}: it must be >= 0.")
-        ess = number("ess")
-        if not 0 < ess < math.inf:
+        lr = number("lr")
+        if not 0 <= lr < math.inf:
             raise ValueError(
-                f"Invalid effective sample size ess={group['ess']!r}: it must be positive and finite "
+                f"{where}: invalid learning rate lr={group['lr']!r}: it must be >= 0 and finite. "
+                "If a learning-rate scheduler sets it, check that its schedule stays in range (a linear "
+                "decay run past its end goes negative)."
+            )
+        if not 0 < number("ess") < math.inf:
+            raise ValueError(
+                f"{where}: invalid effective sample size ess={group['ess']!r}: it must be positive and finite "
                 "(usually the number of training examples)."
             )
         if not 0 < number("hess_init") < math.inf:
-            raise ValueError(f"Invalid Hessian initialisation hess_init={group['hess_init']!r}: it must be positive and finite.")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= number(name) <= 1.0:
-                raise ValueError(f"Invalid {name}={group[name]!r}: it must lie in [0, 1].")
+            raise ValueError(
+                f"{where}: invalid Hessian initialisation hess_init={group['hess_init']!r}: it must be positive and finite."
+            )
+        if not 0.0 <= number("beta1") < 1.0:
+            raise ValueError(
+                f"{where}: invalid beta1={group['beta1']!r}: it must lie in [0, 1) (at 1 the momentum never "
+                "moves and its debiasing divides by zero)."
+            )
+        if not 0.0 <= number("beta2") <= 1.0:
+            raise ValueError(f"{where}: invalid beta2={group['beta2']!r}: it must lie in [0, 1].")
         if not 0 <= number("weight_decay") < math.inf:
             raise ValueError(
-                f"Invalid weight_decay={group['weight_decay']!r}: it must be >= 0 and finite "
+                f"{where}: invalid weight_decay={group['weight_decay']!r}: it must be >= 0 and finite "
                 "(it is the prior precision divided by ess)."
             )
         if not number("clip_radius") > 0:
-            raise ValueError(f"Invalid clip_radius={group['clip_radius']!r}: it must be positive (inf turns clipping off).")
+            raise ValueError(
+                f"{where}: invalid clip_radius={group['clip_radius']!r}: it must be positive (inf turns clipping off)."
+            )
         mc = group["mc_samples"]
         if isinstance(mc, bool) or not isinstance(mc, numbers.Integral) or mc < 1:
-            raise ValueError(f"mc_samples must be an integer >= 1, got {mc!r}.")
+            raise ValueError(f"{where}: mc_samples must be an integer >= 1, got {mc!r}.")
         if group["hess_approx"] not in _HESS_APPROX:
-            raise ValueError(f"Invalid hess_approx={group['hess_approx']!r}: use one of {_HESS_APPROX}.")
+            raise ValueError(f"{where}: invalid hess_approx={group['hess_approx']!r}: use one of {_HESS_APPROX}.")
+
+    def _check_groups(self, where: str) -> None:
+        """Check the hyperparameters of every group (see :meth:`_check_hyperparameters`)."""
+        for gi, group in enumerate(self.param_groups):
+            self._check_hyperparameters(group, f"{where}, param_groups[{gi}]")
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a parameter group (hyperparameters not given take the constructor's values).
 
         Raises:
             ValueError: if a hyperparameter of the group is out of range or a parameter is not a
-                floating-point tensor.
+                real floating-point tensor; the group is then not added.
             RuntimeError: between a gradient sample and the ``step()`` that uses it.
         """
         if getattr(self, "_count", 0) or getattr(self, "_active", False):
             raise RuntimeError("add_param_group() must be called between steps, not after sampled_params(train=True) "
                                "and before the step() that uses its gradients.")
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        self._check_hyperparameters(group)
-        for p in group["params"]:
-            if not p.is_floating_point():
-                raise ValueError(f"IVON optimises floating-point parameters only, got one of dtype {p.dtype}.")
+        where = f"IVON param_groups[{len(self.param_groups) - 1}]"
+        try:
+            self._check_hyperparameters(self.param_groups[-1], where)
+            _check_floating(self.param_groups[-1]["params"], where)
+        except ValueError:
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
         self._work.clear()
 
     def __getstate__(self) -> dict:
@@ -269,8 +334,10 @@ class IVON(torch.optim.Optimizer):
         return max(steps, default=0)
 
     def _param_state(self, p: Tensor, group: dict) -> dict:
-        st = self.state[p]
+        st = self.state.get(p)  # .get: a refused parameter gets no empty state entry
         if not st:
+            _check_floating([p], "IVON")  # its dtype may have changed since the group was added
+            st = self.state[p]
             st["step"] = 0
             st["momentum"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
             st["hess"] = torch.full_like(p, float(group["hess_init"]), memory_format=torch.contiguous_format)
@@ -278,6 +345,8 @@ class IVON(torch.optim.Optimizer):
             for k in ("momentum", "hess"):  # follow the parameter to its device and dtype
                 v = st[k]
                 if v.device != p.device or v.dtype != p.dtype or v.shape != p.shape:
+                    if v.dtype != p.dtype:  # e.g. model.to(torch.complex64) after construction
+                        _check_floating([p], "IVON")
                     if v.shape != p.shape:
                         raise RuntimeError(
                             f"IVON state {k!r} has shape {tuple(v.shape)} but its parameter has shape "
@@ -351,9 +420,12 @@ class IVON(torch.optim.Optimizer):
         Raises:
             RuntimeError: when nested, or when ``train=True`` and no parameter has a gradient at
                 the end of the block.
+            ValueError: naming the group, if a hyperparameter of a group is out of range, or if a
+                parameter stopped being a real floating-point tensor (e.g. ``model.to(torch.cfloat)``).
         """
         if self._active:
             raise RuntimeError("sampled_params() blocks cannot be nested: the mean weights are already replaced by a sample.")
+        self._check_groups("IVON.sampled_params")
         work = []
         with torch.no_grad():
             for gi, group in enumerate(self.param_groups):
@@ -426,6 +498,11 @@ class IVON(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
         """Update means, Hessian estimates and momenta from the gradient samples collected so far.
 
+        Everything is checked before anything changes: a refused step leaves the weights and the
+        optimizer state (``hess``, ``momentum``, ``step``) exactly as they were, and discards the
+        gradient samples collected since the last step, so the next ``sampled_params(train=True)``,
+        ``backward()`` and ``step()`` work normally.
+
         Args:
             closure: optional; called ``mc_samples`` times (with gradients enabled). It must itself
                 open ``sampled_params(train=True)``, zero the gradients, compute the loss and call
@@ -436,8 +513,11 @@ class IVON(torch.optim.Optimizer):
 
         Raises:
             RuntimeError: if no gradient sample was collected since the last step, or inside
-                :meth:`sampled_params`.
-            FloatingPointError: if the closure returns a NaN or infinite loss.
+                :meth:`sampled_params` (then nothing is discarded).
+            FloatingPointError: naming the step, if the closure returns a NaN or infinite loss, or if
+                a gradient sample (or its product with the noise) is NaN or infinite.
+            ValueError: naming the step and the group, if a hyperparameter of a group is out of
+                range (e.g. a negative or infinite ``lr`` set by a scheduler, or ``beta1 = 1``).
         """
         if self._active:
             raise RuntimeError("step() cannot be called inside sampled_params(); call it after the with block.")
@@ -449,9 +529,11 @@ class IVON(torch.optim.Optimizer):
                     losses.append(closure())
             loss = sum(losses) / self.mc_samples
             if isinstance(loss, Tensor) and not torch.isfinite(loss).all():
+                self._count = 0  # discard the bad samples
                 raise FloatingPointError(
                     f"IVON step {self.current_step + 1}: the closure returned a non-finite loss ({loss.item()}). "
-                    "Lower the learning rate or raise hess_init, and check the data."
+                    "Lower the learning rate or raise hess_init, and check the data. The gradient samples "
+                    "of this step were discarded; the weights and the optimizer state are unchanged."
                 )
         if self._count == 0:
             raise RuntimeError(
@@ -459,17 +541,41 @@ class IVON(torch.optim.Optimizer):
                 "`with optimizer.sampled_params(train=True):` before calling step()."
             )
         count = self._count
-        if self.sync and dist.is_available() and dist.is_initialized():
-            world = dist.get_world_size()
-            for gi, group in enumerate(self.param_groups):
-                for b in self._work[gi][1]:
-                    for t in (*b.gsum, *b.z0):
-                        dist.all_reduce(t)
-            count *= world
+        try:
+            self._check_groups(f"IVON step {self.current_step + 1}")
+            if self.sync and dist.is_available() and dist.is_initialized():
+                world = dist.get_world_size()
+                for gi, group in enumerate(self.param_groups):
+                    for b in self._work[gi][1]:
+                        for t in (*b.gsum, *b.z0):
+                            dist.all_reduce(t)
+                count *= world
+            self._check_finite_samples()
+        except (ValueError, FloatingPointError):
+            self._count = 0  # a refused step discards its samples: the next iteration starts clean
+            raise
         for gi, group in enumerate(self.param_groups):
             self._update_group(group, self._work[gi][1], count)
         self._count = 0
         return loss
+
+    def _check_finite_samples(self) -> None:
+        """Raise ``FloatingPointError`` if the summed gradients or noise-gradient products hold a NaN or inf.
+
+        One fused norm and one host sync per bucket (usually one per group); the slow elementwise
+        search for the culprit runs only to word the error.
+        """
+        for gi in range(len(self.param_groups)):
+            for b in self._work[gi][1]:
+                if _all_finite([*b.gsum, b.flat0]):
+                    continue
+                bad = next(p for p, g, u in zip(b.params, b.gsum, b.z0) if not (g.isfinite().all() and u.isfinite().all()))
+                raise FloatingPointError(
+                    f"IVON step {self.current_step + 1}: a gradient is NaN or infinite (parameter of shape "
+                    f"{tuple(bad.shape)} in param_groups[{gi}]). Lower the learning rate, check the data for "
+                    "NaNs, or check the loss. The gradient samples of this step were discarded; the weights "
+                    "and the optimizer state are unchanged."
+                )
 
     def _update_group(self, group: dict, buckets: list[_Bucket], count: int) -> None:
         lr = float(group["lr"])
