@@ -252,8 +252,9 @@ def plot_histograms(res: dict):
     bottom[0].set_ylabel(r"$x_2$")
     bottom[1].tick_params(labelleft=False)
     handle = plt.Line2D([], [], color=method_color("exact"), lw=0.9)
-    bottom[0].legend([handle], [r"contours of $e^{-U}/Z$"], loc="upper center", fontsize=9)
     fig.colorbar(mesh, ax=bottom, label="density", shrink=0.95)
+    # below the panels, not on the banana's tails
+    fig.legend([handle], [r"contours of $e^{-U}/Z$ (both banana panels)"], loc="outside lower center", fontsize=9)
     return fig
 
 
@@ -559,7 +560,9 @@ def plot_mala(res: dict):
     ax.set_xlabel(r"$x$ (bin centre)")
     ax.set_ylabel("(histogram − exact) / SE")
     ax.set_title("Deviation from Gibbs per bin", fontsize=11)
-    ax.legend(loc="lower right", fontsize=8)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low - 0.3 * (high - low), high)  # room for the legend below the data
+    ax.legend(loc="lower center", ncol=3, fontsize=8, handlelength=1.5, columnspacing=1.0)
     ax = axes[2]
     steps, rates = res["acceptance_step_sizes"], res["acceptance_rates"]
     ax.loglog(steps, 1 - rates, marker="o", color=method_color("MALA"),

@@ -145,9 +145,9 @@ def gaussian_kl(s: np.ndarray, t: np.ndarray) -> float:
 
 
 def closest_gibbs_temperature(s: np.ndarray, hessian: np.ndarray) -> tuple[float, float]:
-    """The temperature T minimising KL( N(0, S) || Gibbs e^{-L/T} ) for L = x^T H x / 2, and that KL.
+    """The temperature T minimising KL( N(0, Sigma) || Gibbs e^{-L/T} ) for L = x^T H x / 2, and that KL.
 
-    The Gibbs density is N(0, T H^{-1}); the KL is minimised at T = tr(H S) / d.
+    The Gibbs density is N(0, T H^{-1}); the KL is minimised at T = tr(H Sigma) / d.
     """
     temperature = float(np.trace(hessian @ s)) / s.shape[0]
     return temperature, gaussian_kl(s, temperature * np.linalg.inv(hessian))
@@ -306,7 +306,7 @@ def plot_diffusion_flux(res: dict):
     """The measured diffusive flux against -(1/2) eta^2 sigma^2 rho', and the drift flux against -eta L' rho."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    fig, ax = plt.subplots(figsize=(7.5, 5.4), layout="constrained")
     z = res["x"] / math.sqrt(res["variance"])
     ax.plot(z, res["noise_flux"], "o", ms=4, color=method_color("SGD"), label="measured: noise part of the step")
     ax.plot(z, res["theory_noise"], color=method_color("exact"), label=r"$-\frac{1}{2}\eta^2\sigma^2\,\rho'(x)$")
@@ -318,7 +318,7 @@ def plot_diffusion_flux(res: dict):
     ax.set_xlabel(r"position $x$ / stationary standard deviation")
     ax.set_ylabel("net fraction of iterates crossing $x$ per step")
     ax.set_title(rf"Probability flux through $x$ in one SGD step ($\eta = {res['lr']}$)")
-    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    fig.legend(loc="outside lower center", fontsize=9, ncol=2)
     return fig
 
 
@@ -546,33 +546,42 @@ def run_minibatch_regression(cfg: SGDSDEConfig) -> dict:
 
 
 def plot_minibatch_regression(res: dict):
-    """2x2 heat maps: the measured gradient-noise covariance, two predicted and the measured stationary covariance."""
+    """2x2 heat maps over the 14 parameters: the measured gradient noise :math:`\\eta C` (top left, its own
+    colour scale) and the stationary covariance :math:`\\Sigma`, measured and predicted twice (one colour scale
+    shared by those three panels); each panel has its colour bar, named by the panel's title."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
-    fig, axes = plt.subplots(2, 2, figsize=(7.5, 8.0), layout="constrained")
+    fig, axes = plt.subplots(2, 2, figsize=(7.5, 6.9), layout="constrained")
     panels = (
-        (res["lr"] * res["noise_measured"], r"noise $\eta\,C$, measured"),
-        (res["iterates"], "$S$ measured (SGD chains)"),
-        (res["continuous"], r"$S$ predicted: $HS + SH = \eta C$"),
-        (res["exact"], "$S$ predicted: exact"),
+        (res["lr"] * res["noise_measured"], r"noise $\eta\,C$ at $w^*$ (measured)"),
+        (res["iterates"], r"$\Sigma$ measured (SGD chains)"),
+        (res["continuous"], r"$\Sigma$ predicted: $H\Sigma + \Sigma H = \eta\,C$"),
+        (res["exact"], r"$\Sigma$ predicted: exact"),
     )
     scale = max(np.abs(p[0]).max() for p in panels[1:])
     names = res["feature_names"]
+    ticks = range(len(names))
     for j, (ax, (matrix, title)) in enumerate(zip(axes.ravel(), panels)):
         vmax = scale if j > 0 else np.abs(matrix).max()
         image = ax.imshow(matrix, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax))
         ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names, fontsize=7)
+        # one parameter order in all four panels: names on the outer edges only
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        if j >= 2:
+            ax.set_xticklabels(names, rotation=90, fontsize=8)
+        else:
+            ax.tick_params(labelbottom=False)
+        if j % 2 == 0:
+            ax.set_yticklabels(names, fontsize=8)
+        else:
+            ax.tick_params(labelleft=False)
         ax.grid(False)
-        if j == 0:
-            fig.colorbar(image, ax=ax, shrink=0.7, label=r"$\eta\,C$")
-    fig.colorbar(image, ax=axes[:, 1], shrink=0.6, label="stationary covariance $S$ (three panels)")
-    fig.suptitle(f"Minibatch SGD on Boston housing: covariances over the 14 parameters\n"
-                 f"(learning rate {res['lr']}, batch size {res['batch_size']})", fontsize=11)
+        bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.03, aspect=22)
+        bar.ax.tick_params(labelsize=8)
+    fig.suptitle(f"Minibatch SGD on Boston housing ($\\eta = {res['lr']:g}$, $B = {res['batch_size']}$): "
+                 f"covariances of the {len(names)} parameters", fontsize=11)
     return fig
 
 
@@ -591,7 +600,7 @@ def plot_minibatch_scatter(res: dict):
                 label=f"{label} (error {100 * res['rel_error'][key]:.1f}%)")
     ax.set_xlabel("measured covariance entry (SGD iterates)")
     ax.set_ylabel("predicted covariance entry")
-    ax.set_title(f"Every entry of $S$ (sampling noise of the measurement: "
+    ax.set_title(f"Every entry of $\\Sigma$ (sampling noise of the measurement: "
                  f"{100 * res['iterates_rel_noise']:.1f}%)", fontsize=10)
     ax.legend(loc="upper left", fontsize=9)
     return fig
