@@ -171,8 +171,9 @@ def load_or_run(
                 if prov is not None:
                     prov = {**prov, "from_cache": True}
                 return (stored["result"], prov) if with_provenance else stored["result"]
-            print(f"{name}: the cached result was computed by other code (bdk source "
-                  f"{stored.get('code') or 'unknown'}, now {code}); running again")
+            if verbose:  # recomputing is the right thing to do: news for a log, not for a page
+                print(f"{name}: the cached result was computed by other code (bdk source "
+                      f"{stored.get('code') or 'unknown'}, now {code}); running again")
     check_writable(folder)  # before the work, not after it
     git, started = git_state(), utc_now()
     with Timer() as timer:

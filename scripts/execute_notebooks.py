@@ -70,7 +70,7 @@ def write_times(junit: Path, out: Path) -> None:
 
 
 # Lines that are logs, not results: the cache's and the registry's messages, configuration dumps.
-LOG_LINE = re.compile(r"loaded cached result|result cached as|: ran in \d|in \$BDK_CACHE_DIR|~/\.cache/bdk"
+LOG_LINE = re.compile(r"loaded cached result|result cached as|computed by other code|: ran in \d|in \$BDK_CACHE_DIR|~/\.cache/bdk"
                       r"|^profile (quick|paper): \w+Config", re.M)
 IMAGE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
 
