@@ -40,18 +40,9 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
-    """True if no tensor holds a NaN or an inf: one fused norm over the list and one host sync.
-
-    A NaN or inf makes a 2-norm non-finite; a finite tensor whose norm overflows is confirmed
-    elementwise before it counts as non-finite (the idea of ``bdk.samplers._all_finite``).
-    """
-    if not tensors:
-        return True
-    norms = torch._foreach_norm(tensors)  # the tensors share a device (one bucket)
-    if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
-        return True
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+def _finite(flat: Tensor) -> bool:
+    """True if ``flat`` holds no NaN or inf: one sum and one host sync, elementwise only if the sum overflows."""
+    return bool(flat.sum().isfinite()) or bool(torch.isfinite(flat).all())
 
 
 def _check_floating(params, where: str) -> None:
@@ -560,14 +551,16 @@ class IVON(torch.optim.Optimizer):
         return loss
 
     def _check_finite_samples(self) -> None:
-        """Raise ``FloatingPointError`` if the summed gradients or noise-gradient products hold a NaN or inf.
+        """Raise ``FloatingPointError`` if a gradient sample of this step held a NaN or an inf.
 
-        One fused norm and one host sync per bucket (usually one per group); the slow elementwise
-        search for the culprit runs only to word the error.
+        ``flat0`` sums :math:`\\epsilon \\odot g` ('price') or :math:`g^2` ('gradsq') over the samples, and a
+        NaN or inf in any gradient entry reaches it (NaN and inf times the noise, even a zero noise,
+        are not finite), so one sum per bucket (usually one per group) and one host sync suffice;
+        the elementwise search for the culprit runs only to word the error.
         """
         for gi in range(len(self.param_groups)):
             for b in self._work[gi][1]:
-                if _all_finite([*b.gsum, b.flat0]):
+                if _finite(b.flat0):
                     continue
                 bad = next(p for p, g, u in zip(b.params, b.gsum, b.z0) if not (g.isfinite().all() and u.isfinite().all()))
                 raise FloatingPointError(
