@@ -534,11 +534,107 @@ def _checked_grad(grad_fn, x: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def _nonfinite_error(sampler: str, first: int, last: int, step_size: float) -> FloatingPointError:
+# A chain whose particles reached this many times their initial scale (at least 1) has diverged.
+_DIVERGED_FACTOR = 1e6
+
+
+def _has_diverged(reach: float, start: float) -> bool:
+    """Whether positions of size ``reach`` mean the chain diverged from positions of size ``start``."""
+    return reach > _DIVERGED_FACTOR * max(1.0, start)
+
+
+def _noise_generator(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator | None:
+    """The generator that draws a run's noise: ``generator``, else the default one of ``x``'s device
+    (``None`` where it is not known, and the noise of the run cannot be replayed)."""
+    if generator is not None:
+        return generator
+    if x.device.type == "cpu":
+        return torch.default_generator
+    if x.device.type == "cuda":
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    return None
+
+
+class _Checkpoint:
+    """The particles after a checked step and the state of the noise generator then: what a replay needs."""
+
+    def __init__(self, step: int, x: torch.Tensor, rng: torch.Generator | None):
+        self.step = step
+        self.x = x.clone()
+        self.rng_state = rng.get_state() if rng is not None else None
+
+
+def _replay_euler_maruyama(grad_fn, start: _Checkpoint, last: int, step_size: float, noise_scale: float,
+                           generator, rng):
+    """Re-run the steps after ``start`` up to ``last`` with the same noise, checking every step.
+
+    Returns ``(step, bad, x_before, kind)`` for the first step that produced a non-finite value:
+    ``bad`` marks its particles, ``x_before`` holds the particles before that step, and ``kind`` is
+    ``"grad"`` (``grad_U`` was not finite at finite positions) or ``"update"`` (the step itself
+    overflowed). Returns ``None`` when the replay stays finite (a ``grad_U`` that is not
+    deterministic) or cannot draw the same noise. The generator is left as it was.
+    """
+    if noise_scale > 0 and (rng is None or start.rng_state is None):
+        return None
+    saved = rng.get_state() if rng is not None else None
+    try:
+        if noise_scale > 0:
+            rng.set_state(start.rng_state)
+        x = start.x.clone()
+        noise = torch.empty_like(x)
+        for step in range(start.step + 1, last + 1):
+            g = grad_fn(x)
+            bad = ~torch.isfinite(g).all(1)
+            if bool(bad.any()):
+                return step, bad, x, "grad"
+            before = x.clone()
+            x.add_(g, alpha=-step_size)  # the same operations, in the same order, as the run
+            if noise_scale > 0:
+                noise.normal_(generator=generator)
+                x.add_(noise, alpha=noise_scale)
+            bad = ~torch.isfinite(x).all(1)
+            if bool(bad.any()):
+                return step, bad, before, "update"
+    finally:
+        if saved is not None:
+            rng.set_state(saved)
+    return None
+
+
+def _nonfinite_error(sampler: str, first: int, last: int, step_size: float, found, x0: torch.Tensor) -> FloatingPointError:
+    """The error for particles that became non-finite between steps ``first`` and ``last``, naming the cause.
+
+    ``found`` is what :func:`_replay_euler_maruyama` returned. A non-finite gradient at positions that
+    had not run away from ``x0`` is ``grad_U``'s fault; positions that ran away (or an update that
+    overflowed) mean the step size is too large.
+    """
+    head = f"{sampler}: the particles became NaN or infinite between step {first} and step {last}."
+    too_large = (f"The step size {step_size} is too large for this potential (explicit steps are unstable where "
+                 "step_size * curvature > 2); reduce step_size.")
+    if found is None:
+        return FloatingPointError(
+            f"{head} Re-running those steps did not reproduce it (grad_U is not deterministic, or the noise of "
+            f"this device cannot be replayed), so the cause is not known: either grad_U returns NaN or inf at some "
+            f"finite positions (check it), or the step size {step_size} is too large for this potential; reduce "
+            "step_size if grad_U is fine."
+        )
+    step, bad, before, kind = found
+    count, total = int(bad.sum()), bad.numel()
+    first_bad = int(bad.nonzero()[0, 0])
+    reach = float(before[bad].abs().max())
+    start = float(x0.abs().max())
+    if kind == "grad" and not _has_diverged(reach, start):
+        return FloatingPointError(
+            f"{head} It started at step {step}: grad_U returned NaN or infinite values for {count} of {total} "
+            f"particles (the first is particle {first_bad}) at finite positions, |x| <= {reach:.3g}. The particles "
+            "had not run away, so the step size is not the cause: check grad_U at those positions (a log or "
+            "square root of a negative number, a division by zero, an overflow inside it)."
+        )
+    cause = "grad_U overflowed there" if kind == "grad" else "the step overflowed"
     return FloatingPointError(
-        f"{sampler}: the particles became NaN or infinite between step {first} and step {last}. "
-        f"The step size {step_size} is too large for this potential (explicit steps are unstable where "
-        "step_size * curvature > 2); reduce step_size."
+        f"{head} It started at step {step}: the chain diverged: {count} of {total} particles had run away to "
+        f"|x| = {reach:.3g} (from |x0| <= {start:.3g}) and {cause}. {too_large}"
     )
 
 
@@ -591,7 +687,11 @@ def euler_maruyama(
         TypeError: for a non-tensor or integer ``x0``, a non-callable ``grad_U`` or wrong argument types.
         ValueError: for a wrong shape of ``x0`` or of ``grad_U(x)``, a non-positive step size, a negative
             temperature, or a generator on another device.
-        FloatingPointError: if the particles become non-finite (the message names the steps).
+        FloatingPointError: if the particles become non-finite. The message names the first step that
+            produced a NaN or inf and its cause: ``grad_U`` returning NaN/inf at finite positions (check
+            ``grad_U``), or particles that ran away or overflowed (reduce ``step_size``). The particles
+            are checked every 100 steps; a failure is replayed from the last check with the same noise
+            to find that step.
     """
     grad_fn = _resolve_grad(grad_U)
     _check_particles(x0)
@@ -605,7 +705,10 @@ def euler_maruyama(
     noise_scale = math.sqrt(2.0 * temperature * step_size)
     noise = torch.empty_like(x)
     trajectory = [x.clone()] if return_trajectory else None
-    last_check = 0
+    # The particles are checked every _NONFINITE_CHECK_EVERY steps (one host sync each); a failure is
+    # then replayed from the last checkpoint with the same noise to find the step and its cause.
+    rng = _noise_generator(generator, x) if noise_scale > 0 else None
+    checkpoint = _Checkpoint(0, x, rng) if num_steps > 0 else None
     for step in range(1, num_steps + 1):
         g = _checked_grad(grad_fn, x) if step == 1 else grad_fn(x)
         x.add_(g, alpha=-step_size)
@@ -614,8 +717,9 @@ def euler_maruyama(
             x.add_(noise, alpha=noise_scale)
         if step % _NONFINITE_CHECK_EVERY == 0 or step == num_steps:
             if not torch.isfinite(x).all():
-                raise _nonfinite_error("euler_maruyama", last_check + 1, step, step_size)
-            last_check = step
+                found = _replay_euler_maruyama(grad_fn, checkpoint, step, step_size, noise_scale, generator, rng)
+                raise _nonfinite_error("euler_maruyama", checkpoint.step + 1, step, step_size, found, x0)
+            checkpoint = _Checkpoint(step, x, rng)
         if return_trajectory and step % thin == 0:
             trajectory.append(x.clone())
     if return_trajectory:
@@ -644,6 +748,45 @@ def _value_and_grad(U, grad_U):
         return u.detach(), g
 
     return autograd_value_and_grad
+
+
+def _tally_bad_proposals(y: torch.Tensor, uy: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> None:
+    """Count, without a host sync, the finite proposals whose potential or gradient is broken.
+
+    ``out[0]`` gets the number with ``U(y)`` NaN or ``-inf``, ``out[1]`` the number with a finite
+    ``U(y)`` but a non-finite ``grad_U(y)``. ``U(y) = +inf`` (zero density) is a valid rejection.
+    """
+    bad_u = ~(uy > -math.inf)  # NaN or -inf
+    bad_g = torch.isfinite(uy) & ~torch.isfinite(gy).all(1)
+    broken = torch.stack((bad_u, bad_g))
+    broken &= torch.isfinite(y).all(1)
+    torch.sum(broken, dim=1, out=out)
+
+
+def _check_proposals(tally: torch.Tensor, first: int, num_particles: int) -> None:
+    """Raise if a row of ``tally`` (one per step, from step ``first``) counts a broken proposal.
+
+    Raises:
+        FloatingPointError: naming the first such step, how many proposals, and whether ``U`` or
+            ``grad_U`` is to blame.
+    """
+    counts = tally.tolist()  # one host sync per window of steps
+    for offset, (bad_u, bad_g) in enumerate(counts):
+        if bad_u or bad_g:
+            break
+    else:
+        return
+    problems = []
+    if bad_u:
+        problems.append(f"the potential U returned NaN or -inf at {bad_u} of {num_particles} proposals")
+    if bad_g:
+        problems.append(f"grad_U returned NaN or infinite values at {bad_g} of {num_particles} proposals where U is finite")
+    raise FloatingPointError(
+        f"mala step {first + offset}: {' and '.join(problems)} (at finite positions). MALA rejects a proposal "
+        "where U = +inf (zero density), but NaN, -inf or a non-finite gradient there is a fault of U or grad_U, "
+        "and rejecting those proposals silently would bias the chain. The step size is not the cause: check U "
+        "and grad_U at those positions."
+    )
 
 
 def mala(
@@ -693,7 +836,10 @@ def mala(
 
     Raises:
         TypeError, ValueError: for bad arguments (as :func:`euler_maruyama`); ``temperature`` must be > 0.
-        FloatingPointError: if ``U`` or its gradient is not finite at the initial particles.
+        FloatingPointError: if ``U`` or its gradient is not finite at the initial particles, or if at a
+            finite proposal ``U`` is NaN or ``-inf`` or ``grad_U`` is not finite where ``U`` is (the
+            message names the first such step, checked every 100 steps). ``U = +inf`` is a valid
+            zero density there: such proposals are rejected.
     """
     value_and_grad = _value_and_grad(U, grad_U)
     _check_particles(x0)
@@ -718,17 +864,20 @@ def mala(
     noise = torch.empty_like(x)
     uniform = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     trajectory = [x.clone()] if return_trajectory else None
+    tally = torch.zeros(_NONFINITE_CHECK_EVERY, 2, dtype=torch.int64, device=x.device)  # broken proposals per step
+    last_check = 0
     for step in range(1, num_steps + 1):
         noise.normal_(generator=generator)
         y = x - step_size * g + noise_scale * noise
         uy, gy = value_and_grad(y)
         uy, gy = uy.detach(), gy.detach()
+        _tally_bad_proposals(y, uy, gy, tally[step - last_check - 1])
         # log q(x | y) - log q(y | x), with 4 T h = 2 * (2 T h) the Gaussian's 2 * variance
         forward = (noise_scale * noise).pow(2).sum(1)
         backward = (x - y + step_size * gy).pow(2).sum(1)
         log_alpha = -(uy - u) / temperature - (backward - forward) / (4 * temperature * step_size)
         uniform.uniform_(generator=generator)
-        # a NaN log_alpha (non-finite U(y)) compares False: the proposal is rejected
+        # U(y) = +inf gives log_alpha = -inf: the proposal is rejected (a NaN U(y) or gradient is tallied above)
         accept = torch.log(uniform) < log_alpha
         x = torch.where(accept[:, None], y, x)
         u = torch.where(accept, uy, u)
@@ -736,6 +885,10 @@ def mala(
         accepted += accept.sum()
         if return_trajectory and step % thin == 0:
             trajectory.append(x.clone())
+        if step % _NONFINITE_CHECK_EVERY == 0 or step == num_steps:
+            _check_proposals(tally[: step - last_check], last_check + 1, x.shape[0])
+            tally.zero_()
+            last_check = step
     rate = accepted.item() / (x.shape[0] * num_steps) if num_steps > 0 else float("nan")
     if return_trajectory:
         return x, rate, torch.stack(trajectory)

@@ -6,7 +6,9 @@ Introduced in the chapter "Data and tools" (``book/data-and-tools.ipynb``).
 Conventions, used in every chapter:
 
 * ``probs`` are predictive class probabilities of shape ``(n, K)`` whose rows sum to one (within
-  ``atol``, default ``1e-3``); ``y`` are integer labels of shape ``(n,)`` in ``0..K-1``. Pass
+  ``1e-3``, or ``K`` times the machine epsilon of their dtype if that is larger: bfloat16 and
+  float16 probabilities are accepted with the tolerance of their rounding and computed in
+  float64); ``y`` are integer labels of shape ``(n,)`` in ``0..K-1``. Pass
   probabilities, not logits (``torch.softmax(logits, -1)``; an ensemble's predictive is the mean of
   its members' probabilities).
 * Scalar metrics are returned as Python floats; per-example values (``reduction="none"``,
@@ -59,12 +61,33 @@ def _float(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
 
 
+def _sum_tolerance(dtype: torch.dtype, num_classes: int, atol: float) -> float:
+    """How far a row of ``dtype`` probabilities may sum from one: ``atol``, or ``K * eps`` if that is larger.
+
+    Rounding ``K`` probabilities (or an average of them) to a format with machine epsilon ``eps``
+    moves their sum by up to about ``K * eps``: ~0.08 for 10 classes in bfloat16 (``eps = 2**-7``),
+    ~0.01 in float16, far below ``atol`` in float32 and float64 unless ``K`` is in the thousands.
+    """
+    return max(atol, num_classes * torch.finfo(dtype).eps)
+
+
 def _check_probs(probs: Any, atol: float = 1e-3) -> torch.Tensor:
+    """``probs`` as a float64 (float32 on MPS) tensor of shape ``(n, K)``, after checking it holds probabilities.
+
+    Low-precision floats (bfloat16, float16) are accepted and computed in float64; their rows
+    may sum to one within the rounding of their format (:func:`_sum_tolerance`).
+
+    Raises:
+        TypeError: for a non-floating-point array.
+        ValueError: for a wrong shape, NaN/inf, negative entries, or rows that do not sum to one
+            (the message names the dtype's tolerance and says to pass probabilities, not logits).
+    """
     p = _tensor(probs, "probs")
     if not torch.is_floating_point(p):
         raise TypeError(f"probs must be a floating-point (n, K) array of probabilities, got dtype {p.dtype}.")
     if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
         raise ValueError(f"probs must have shape (n, K) with n >= 1 and K >= 2, got {tuple(p.shape)}.")
+    given_dtype = p.dtype
     p = _float(p)
     if not torch.isfinite(p).all():
         raise ValueError("probs contains NaN or infinite values.")
@@ -73,11 +96,18 @@ def _check_probs(probs: Any, atol: float = 1e-3) -> torch.Tensor:
             f"probs must be non-negative; the smallest entry is {p.min().item():.3g}. "
             "Pass probabilities (e.g. torch.softmax(logits, -1)), not logits."
         )
+    tolerance = _sum_tolerance(given_dtype, p.shape[1], atol)
     worst = (p.sum(1) - 1).abs().max().item()
-    if worst > atol:
+    if worst > tolerance:
+        low_precision = (
+            f" If they are probabilities computed in {given_dtype}, compute them (or the ensemble average) in "
+            "float32 instead: convert with .float() before averaging."
+            if torch.finfo(given_dtype).bits < 32 else ""
+        )
         raise ValueError(
-            f"each row of probs must sum to 1 (within {atol:g}); the worst row is off by {worst:.3g}. "
-            "Pass probabilities (e.g. torch.softmax(logits, -1)), not logits."
+            f"each row of probs must sum to 1 (within {tolerance:.3g} for {p.shape[1]} classes in {given_dtype}); "
+            f"the worst row is off by {worst:.3g}. Pass probabilities (e.g. torch.softmax(logits, -1)), not "
+            f"logits.{low_precision}"
         )
     return p
 

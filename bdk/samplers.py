@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
@@ -33,6 +34,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .langevin import _has_diverged
 
 __all__ = [
     "SGLD",
@@ -71,13 +74,18 @@ def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def _check_finite_grads(params, step: int, name: str) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
+_REFUSED_STEP = "the step was refused and changed nothing"
+_REFUSED_GROUP = "the group was not added"
+
+
+def _check_finite_grads(params, where: str) -> None:
+    """Raise ``FloatingPointError`` naming ``where`` if a gradient of ``params`` holds NaN or inf."""
+    grads = [p.grad for p in params]
     if not _all_finite(grads):
         bad = next(g for g in grads if not torch.isfinite(g).all())
         raise FloatingPointError(
-            f"{name} step {step}: a gradient is NaN or infinite (parameter of shape {tuple(bad.shape)}). "
-            "Lower the learning rate, check the data for NaNs, or check the loss."
+            f"{where}: a gradient is NaN or infinite (parameter of shape {tuple(bad.shape)}). "
+            f"Lower the learning rate, check the data for NaNs, or check the loss; {_REFUSED_STEP}."
         )
 
 
@@ -85,7 +93,88 @@ def _check_finite_loss(loss, step: int, name: str) -> None:
     if loss is not None and isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
         raise FloatingPointError(
             f"{name} step {step}: the loss returned by the closure is {loss.detach().flatten()[0].item()}. "
-            "Lower the learning rate or check the data and the model."
+            f"Lower the learning rate or check the data and the model; {_REFUSED_STEP}."
+        )
+
+
+# The hyperparameters a group of SGLD or pSGLD may hold: (valid?, what they must be).
+_HYPERPARAMETERS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: 0 < v < math.inf, "a finite number > 0 (the step size)"),
+    "temperature": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (1 samples the posterior, 0 is gradient descent)"),
+    "alpha": (lambda v: 0 <= v <= 1, "a number in [0, 1] (the decay of pSGLD's squared-gradient average)"),
+    "eps": (lambda v: 0 < v < math.inf, "a finite number > 0 (pSGLD's stabiliser lambda)"),
+    "num_data": (lambda v: 1 <= v < math.inf and v == int(v), "an integer >= 1 (the training-set size)"),
+}
+
+
+def _as_real(value) -> float | None:
+    """``value`` as a float if it is a real number (not a bool, not a tensor), else ``None``."""
+    if type(value) is float or type(value) is int:  # the common case, without the slower ABC check
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _check_hyperparameters(group: dict, index: int, names: Sequence[str], where: str, refused: str) -> None:
+    """Raise ``ValueError`` if one of the hyperparameters ``names`` of ``group`` is out of range.
+
+    Plain comparisons of Python numbers, cheap enough for every step (a few microseconds). Names the
+    group holds no value for are skipped (pSGLD's are filled in after the base constructor has added
+    the groups).
+
+    Args:
+        group: a parameter group.
+        index: its index in ``param_groups``.
+        names: the keys to check (see ``_HYPERPARAMETERS``).
+        where: names the call and the group, e.g. ``"SGLD step 3, param_groups[1]"``.
+        refused: what the refusal leaves as it was, for the message.
+
+    Raises:
+        ValueError: naming ``where``, the hyperparameter, its value, the valid range and what to do.
+    """
+    values = {}
+    for name in names:
+        if name not in group:
+            continue
+        value = group[name]
+        valid, rule = _HYPERPARAMETERS[name]
+        number = _as_real(value)
+        if number is not None and valid(number):  # NaN fails every rule
+            values[name] = number
+            continue
+        kind = "" if number is not None else f" (a {type(value).__name__}; use a Python number)"
+        raise ValueError(
+            f"{where}: {name}={value!r}{kind} is out of range: it must be {rule}. If a learning-rate scheduler "
+            f"or your own code sets param_groups[{index}][{name!r}], check that it stays in range (a scheduler run "
+            f"past its end?) and set a valid value; {refused}."
+        )
+    if "lr" in values and "temperature" in values and not math.isfinite(values["lr"] * values["temperature"]):
+        raise ValueError(
+            f"{where}: lr * temperature = {group['lr']!r} * {group['temperature']!r} overflows, so the noise would "
+            f"be infinite; lower lr or temperature; {refused}."
+        )
+
+
+def _check_real_floating(params, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` unless every tensor of ``params`` is real floating point.
+
+    A complex parameter is refused: ``normal_`` on a complex tensor draws a complex normal whose real
+    and imaginary parts each have half the variance, so it would be sampled at half the temperature.
+    """
+    for index, p in enumerate(params):
+        if p.is_floating_point():
+            continue
+        if p.is_complex():
+            raise ValueError(
+                f"{where}: parameter {index} (shape {tuple(p.shape)}) has dtype {p.dtype}. SGLD and pSGLD sample real "
+                "floating-point parameters only: the noise of a complex normal has half the variance in each real "
+                "component, so a complex parameter would be sampled at the wrong temperature. Keep the model real "
+                "(hold a complex weight as its real and imaginary parts, e.g. with torch.view_as_real)."
+            )
+        raise ValueError(
+            f"{where}: parameter {index} (shape {tuple(p.shape)}) has dtype {p.dtype}; a Langevin step needs "
+            "floating-point parameters (convert it with .float())."
         )
 
 
@@ -333,10 +422,14 @@ class SGLD(torch.optim.Optimizer):
         check_finite: check the gradients (and the closure's loss) for NaN/inf at every step.
 
     Raises:
-        ValueError: for a non-positive ``lr``, a negative ``temperature``, a bad ``noise_streams``
-            or a generator on another device than the parameters.
-        FloatingPointError: from :meth:`step` when a gradient or the loss is not finite (names the step).
+        ValueError: for a non-positive ``lr``, a negative ``temperature`` (also in a group), a bad
+            ``noise_streams``, a complex or non-floating-point parameter, or a generator on another
+            device than the parameters.
+        ValueError, FloatingPointError: from :meth:`step`, see there.
     """
+
+    # the hyperparameters every group holds, checked at construction, in add_param_group and at every step
+    _hyperparameters: tuple[str, ...] = ("lr", "temperature")
 
     def __init__(
         self,
@@ -362,6 +455,26 @@ class SGLD(torch.optim.Optimizer):
         self._noise = _GaussianNoise(generator, noise_streams)
         self._buffers = _FlatBuffers()
 
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a parameter group (hyperparameters not given take the constructor's values).
+
+        Raises:
+            ValueError: if a hyperparameter of the group is out of range, a parameter is complex or
+                not floating point, or lives on another device than the generator; the group is
+                then not added.
+        """
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        group = self.param_groups[index]
+        where = f"{type(self).__name__} param_groups[{index}]"
+        try:
+            _check_real_floating(group["params"], where)
+            _check_hyperparameters(group, index, self._hyperparameters, where, _REFUSED_GROUP)
+            _check_generator(getattr(self, "generator", None), [group])
+        except (ValueError, TypeError):
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
+
     def _closure_loss(self, closure):
         loss = None
         if closure is not None:
@@ -369,37 +482,69 @@ class SGLD(torch.optim.Optimizer):
                 loss = closure()
         return loss
 
+    def _checked_work(self, loss) -> list[tuple[dict, list[torch.Tensor]]]:
+        """Check everything the coming step uses; return each group to update with its parameters that have gradients.
+
+        Runs before anything changes, so that a refused step leaves the weights, the state, the step
+        count and the noise generators as they were.
+
+        Raises:
+            ValueError: a hyperparameter of a group (whatever set it) is out of range, or a parameter
+                with a gradient is complex or not floating point.
+            FloatingPointError: with ``check_finite``, the closure's loss or a gradient is NaN or inf.
+        """
+        name, step = type(self).__name__, self.num_steps + 1
+        if self.check_finite:
+            _check_finite_loss(loss, step, name)
+        work = []
+        for index, group in enumerate(self.param_groups):
+            where = f"{name} step {step}, param_groups[{index}]"
+            _check_hyperparameters(group, index, self._hyperparameters, where, _REFUSED_STEP)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            _check_real_floating(params, where)
+            if self.check_finite:
+                _check_finite_grads(params, where)
+            work.append((group, params))
+        return work
+
     @torch.no_grad()
     def step(self, closure=None):
-        """Take one SGLD step using the gradients in ``p.grad`` (of :math:`\\hat U`).
+        """Take one step using the gradients in ``p.grad`` (of :math:`\\hat U`).
+
+        Every group's hyperparameters are checked first, whatever set them (a scheduler, your own
+        code editing ``param_groups``), and so are the gradients (with ``check_finite``); a refused
+        step changes nothing: not the weights, the state, the step count nor the noise generators.
 
         Args:
             closure: optional function that recomputes :math:`\\hat U`, calls ``backward()`` and returns it.
 
         Returns:
             The closure's loss, or ``None``.
+
+        Raises:
+            ValueError: a hyperparameter of a group is out of range (names the step, the group, the
+                value and what to do), or a parameter is complex or not floating point.
+            FloatingPointError: with ``check_finite``, a gradient or the closure's loss is NaN or
+                infinite (names the step and the group).
         """
         loss = self._closure_loss(closure)
+        work = self._checked_work(loss)
         self.num_steps += 1
-        if self.check_finite:
-            _check_finite_loss(loss, self.num_steps, type(self).__name__)
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if self.check_finite:
-                _check_finite_grads(params, self.num_steps, type(self).__name__)
-            lr, temperature = group["lr"], group["temperature"]
-            if not (_is_number(lr) and lr > 0):
-                raise ValueError(f"SGLD step {self.num_steps}: lr must be a positive finite number, got {lr!r} (check the scheduler).")
-            grads = [p.grad for p in params]
-            torch._foreach_add_(params, grads, alpha=-0.5 * lr)
-            if temperature > 0:
-                std = math.sqrt(lr * temperature)
-                for flat, idx, views in self._buffers.views(params):
-                    self._noise.fill_(flat, std)
-                    torch._foreach_add_([params[i] for i in idx], views)
+        for group, params in work:
+            self._update(group, params)
         return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The SGLD step of one group's parameters (checked by :meth:`_checked_work`)."""
+        lr, temperature = float(group["lr"]), float(group["temperature"])
+        torch._foreach_add_(params, [p.grad for p in params], alpha=-0.5 * lr)
+        if temperature > 0:
+            std = math.sqrt(lr * temperature)
+            for flat, idx, views in self._buffers.views(params):
+                self._noise.fill_(flat, std)
+                torch._foreach_add_([params[i] for i in idx], views)
 
     def state_dict(self):
         """The optimizer state plus the step count and the noise generators' states (for exact resume)."""
@@ -463,9 +608,13 @@ class pSGLD(SGLD):
         noise_streams, check_finite: as in :class:`SGLD`.
 
     Raises:
-        ValueError: for bad ``lr``, ``num_data``, ``temperature``, ``alpha`` or ``eps``.
-        FloatingPointError: from :meth:`step` when a gradient or the loss is not finite (names the step).
+        ValueError: for bad ``lr``, ``num_data``, ``temperature``, ``alpha`` or ``eps`` (also in a
+            group), or a complex or non-floating-point parameter.
+        ValueError, FloatingPointError: from :meth:`step`, as in :class:`SGLD`; ``alpha``, ``eps`` and
+            ``num_data`` live in the groups and are checked at every step too.
     """
+
+    _hyperparameters = ("lr", "temperature", "alpha", "eps", "num_data")
 
     def __init__(
         self,
@@ -489,52 +638,39 @@ class pSGLD(SGLD):
         super().__init__(
             params, lr, temperature, generator, noise_streams=noise_streams, check_finite=check_finite
         )
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             group.setdefault("alpha", alpha)
             group.setdefault("eps", eps)
             group.setdefault("num_data", num_data)
+            _check_hyperparameters(group, index, self._hyperparameters, f"pSGLD param_groups[{index}]", "pSGLD was not built")
         self.defaults.update(alpha=alpha, eps=eps, num_data=num_data)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Take one pSGLD step using the gradients in ``p.grad`` (of :math:`\\hat U`)."""
-        loss = self._closure_loss(closure)
-        self.num_steps += 1
-        if self.check_finite:
-            _check_finite_loss(loss, self.num_steps, "pSGLD")
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if self.check_finite:
-                _check_finite_grads(params, self.num_steps, "pSGLD")
-            lr, temperature = group["lr"], group["temperature"]
-            alpha, eps, num_data = group["alpha"], group["eps"], group["num_data"]
-            if not (_is_number(lr) and lr > 0):
-                raise ValueError(f"pSGLD step {self.num_steps}: lr must be a positive finite number, got {lr!r}.")
-            grads = [p.grad for p in params]
-            square_avgs, old_avgs, old_grads = [], [], []
-            for p, g in zip(params, grads):
-                st = self.state[p]
-                if "square_avg" not in st:
-                    st["square_avg"] = (g / num_data).square()
-                else:
-                    old_avgs.append(st["square_avg"])
-                    old_grads.append(g)
-                square_avgs.append(st["square_avg"])
-            if old_avgs:  # V <- alpha V + (1 - alpha) (g / N)^2, fused over the parameters
-                torch._foreach_mul_(old_avgs, alpha)
-                torch._foreach_addcmul_(old_avgs, old_grads, old_grads, value=(1.0 - alpha) / num_data**2)
-            denom = torch._foreach_sqrt(square_avgs)
-            torch._foreach_add_(denom, eps)  # lambda + sqrt(V) = 1 / G
-            torch._foreach_addcdiv_(params, grads, denom, value=-0.5 * lr)
-            if temperature > 0:
-                std = math.sqrt(lr * temperature)
-                sqrt_denom = torch._foreach_sqrt(denom)
-                for flat, idx, views in self._buffers.views(params):
-                    self._noise.fill_(flat, std)
-                    torch._foreach_addcdiv_([params[i] for i in idx], views, [sqrt_denom[i] for i in idx])
-        return loss
+    def _update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The pSGLD step of one group's parameters (checked by :meth:`_checked_work`)."""
+        lr, temperature = float(group["lr"]), float(group["temperature"])
+        alpha, eps, num_data = float(group["alpha"]), float(group["eps"]), group["num_data"]
+        grads = [p.grad for p in params]
+        square_avgs, old_avgs, old_grads = [], [], []
+        for p, g in zip(params, grads):
+            st = self.state[p]
+            if "square_avg" not in st:
+                st["square_avg"] = (g / num_data).square()
+            else:
+                old_avgs.append(st["square_avg"])
+                old_grads.append(g)
+            square_avgs.append(st["square_avg"])
+        if old_avgs:  # V <- alpha V + (1 - alpha) (g / N)^2, fused over the parameters
+            torch._foreach_mul_(old_avgs, alpha)
+            torch._foreach_addcmul_(old_avgs, old_grads, old_grads, value=(1.0 - alpha) / num_data**2)
+        denom = torch._foreach_sqrt(square_avgs)
+        torch._foreach_add_(denom, eps)  # lambda + sqrt(V) = 1 / G
+        torch._foreach_addcdiv_(params, grads, denom, value=-0.5 * lr)
+        if temperature > 0:
+            std = math.sqrt(lr * temperature)
+            sqrt_denom = torch._foreach_sqrt(denom)
+            for flat, idx, views in self._buffers.views(params):
+                self._noise.fill_(flat, std)
+                torch._foreach_addcdiv_([params[i] for i in idx], views, [sqrt_denom[i] for i in idx])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -674,8 +810,10 @@ def sgld_sample(
         state after step ``t`` (1-based) is kept when ``t > burn_in`` and ``(t - burn_in) % thin == 0``.
 
     Raises:
-        ValueError: for bad sizes, counts, step sizes or a gradient of the wrong shape.
-        FloatingPointError: when a gradient is not finite (names the step).
+        ValueError: for bad sizes, counts, step sizes, a non-finite ``theta0`` or a gradient of the wrong shape.
+        FloatingPointError: when a gradient or a chain is not finite. The message names the step and
+            the cause: ``grad_U`` returning NaN/inf at finite positions (check ``grad_U``), or chains
+            that ran away or overflowed (lower ``lr``).
     """
     if not isinstance(theta0, torch.Tensor) or not theta0.is_floating_point() or theta0.dim() < 1:
         raise ValueError("theta0 must be a floating-point tensor of shape (num_chains, ...).")
@@ -688,6 +826,8 @@ def sgld_sample(
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}.")
     if not callable(lr) and not (_is_number(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number or a function of the step, got {lr!r}.")
+    if not bool(torch.isfinite(theta0).all()):
+        raise ValueError("theta0 contains NaN or infinite values.")
     if generator is not None and generator.device.type != theta0.device.type:
         raise ValueError(f"the generator lives on {generator.device} but theta0 on {theta0.device}.")
     num_kept = (num_steps - burn_in) // thin
@@ -707,15 +847,48 @@ def sgld_sample(
         g = grad_U(theta, t)
         if g.shape != theta.shape:
             raise ValueError(f"grad_U returned shape {tuple(g.shape)} for theta of shape {tuple(theta.shape)}.")
-        if not bool(torch.isfinite(g).all()):
-            raise FloatingPointError(f"sgld_sample step {t + 1}: the gradient is NaN or infinite; lower lr.")
+        # one host sync per step: the gradient, and theta as the previous step left it
+        if not bool(torch.isfinite(g).all() & torch.isfinite(theta).all()):
+            raise _sgld_sample_error(t, g, theta, theta0)
         theta.add_(g, alpha=-0.5 * lr_t)
         if temperature > 0:
             theta.add_(noise.normal_(0.0, math.sqrt(lr_t * temperature), generator=generator))
         if t + 1 > burn_in and (t + 1 - burn_in) % thin == 0 and kept < num_kept:
             out[kept] = theta
             kept += 1
+    if not bool(torch.isfinite(theta).all()):
+        raise _sgld_sample_error(num_steps, None, theta, theta0)
     return out
+
+
+def _sgld_sample_error(t: int, g: torch.Tensor | None, theta: torch.Tensor, theta0: torch.Tensor) -> FloatingPointError:
+    """The error for a non-finite value met before step ``t + 1`` of :func:`sgld_sample`, naming its cause.
+
+    ``theta`` holds the chains after step ``t`` and ``g`` their gradient at step ``t + 1`` (``None``
+    after the last step). Non-finite chains overflowed at step ``t``; a non-finite gradient at finite
+    chains is ``grad_U``'s fault unless the chains had run away from ``theta0`` (then lr is too large).
+    """
+    rows = theta.reshape(theta.shape[0], -1)
+    bad_theta = ~torch.isfinite(rows).all(1)
+    num_chains = theta.shape[0]
+    if bool(bad_theta.any()):
+        return FloatingPointError(
+            f"sgld_sample step {t}: {int(bad_theta.sum())} of {num_chains} chains overflowed to inf or NaN "
+            "although their gradient was finite: the chains diverged; lower lr."
+        )
+    bad = ~torch.isfinite(g.reshape(num_chains, -1)).all(1)
+    reach, start = float(rows[bad].abs().max()), float(theta0.abs().max())
+    count = f"{int(bad.sum())} of {num_chains} chains"
+    if _has_diverged(reach, start):
+        return FloatingPointError(
+            f"sgld_sample step {t + 1}: grad_U overflowed for {count} after they had run away to |theta| = "
+            f"{reach:.3g} (from |theta0| <= {start:.3g}): the chains diverged; lower lr."
+        )
+    return FloatingPointError(
+        f"sgld_sample step {t + 1}: grad_U returned NaN or infinite values for {count} at finite positions "
+        f"(|theta| <= {reach:.3g}). The chains had not run away, so the step size is not the cause: check "
+        "grad_U there (a log or square root of a negative number, a division by zero, an overflow inside it)."
+    )
 
 
 def langevin_acceptance(
@@ -971,7 +1144,10 @@ class PosteriorSamples:
     """A store of posterior parameter samples with a predictive evaluated for all samples at once.
 
     Collects copies of a model's parameters along a chain, with a burn-in, thinning and a maximum
-    count, on the model's device (or ``device``). :meth:`forward_all` evaluates every stored sample in
+    count, on the model's device (or ``device``). The model's buffers (e.g. BatchNorm running
+    statistics, which move with the weights during training) are stored with each sample too, and
+    each sample predicts with its own: the store costs the buffers' size per sample in addition to
+    the parameters'. :meth:`forward_all` evaluates every stored sample in
     one vectorised computation and :meth:`predictive` averages them into the Bayesian model average
 
     .. math:: p(y \\mid x, \\mathcal D) \\approx \\frac1S \\sum_{s=1}^S p(y \\mid x, \\theta^{(s)}).
@@ -1000,7 +1176,8 @@ class PosteriorSamples:
         device: where the samples live (default: the model's device).
 
     Raises:
-        ValueError: for negative ``burn_in``, ``thin < 1``, ``max_samples < 1`` or an unknown ``when_full``.
+        ValueError: for negative ``burn_in``, ``thin < 1``, ``max_samples < 1``, an unknown
+            ``when_full`` or a model without parameters.
     """
 
     def __init__(
@@ -1029,12 +1206,19 @@ class PosteriorSamples:
         for p in self.template.parameters():
             p.requires_grad_(False)
         self.names = [n for n, _ in model.named_parameters()]
-        self._buffers: dict[str, torch.Tensor] = {}
+        self.buffer_names = [n for n, _ in model.named_buffers()]
+        # what every sample must hold: name -> (shape, dtype, "parameter" or "buffer"), fixed here
+        self._specs: dict[str, tuple[torch.Size, torch.dtype, str]] = {
+            **{n: (p.shape, p.dtype, "parameter") for n, p in model.named_parameters()},
+            **{n: (b.shape, b.dtype, "buffer") for n, b in model.named_buffers()},
+        }
+        self._slots: dict[str, torch.Tensor] = {}  # name -> (capacity, ...) storage of parameters and buffers
         self._count = 0  # samples stored (<= capacity)
         self._start = 0  # ring-buffer start (drop_oldest)
         self.num_steps = 0  # steps counted by step()
         self.num_added = 0  # samples ever added
-        self._layout = _mlp_layout(self.template)
+        # the fast path evaluates Linear layers and activations only, which hold no buffers
+        self._layout = _mlp_layout(self.template) if not self.buffer_names else None
 
     def __len__(self) -> int:
         return self._count
@@ -1052,14 +1236,75 @@ class PosteriorSamples:
             return True
         return False
 
+    def _check_sample(self, values, where: str, leading: tuple[int, ...] = ()) -> None:
+        """Raise unless ``values`` holds exactly the model's parameters and buffers, each of its shape and dtype.
+
+        Args:
+            values: ``{name: tensor}``.
+            where: names the call in the message.
+            leading: extra leading dimensions every tensor has (``(S,)`` for stacked samples).
+
+        Raises:
+            TypeError: ``values`` is not a dict of tensors.
+            ValueError: a name is missing or unknown, a tensor has another shape (it would be broadcast
+                into its slot silently) or a dtype the store cannot hold exactly (it would be rounded).
+        """
+        if not isinstance(values, dict):
+            raise TypeError(f"{where}: give a dict {{name: tensor}}, got {type(values).__name__}.")
+        missing = [n for n in self._specs if n not in values]
+        if missing:
+            buffers = [n for n in missing if self._specs[n][2] == "buffer"]
+            hint = (
+                f" The model has buffers ({buffers}, e.g. BatchNorm running statistics) that its predictions use; "
+                "pass them too, e.g. {**dict(model.named_parameters()), **dict(model.named_buffers())}."
+                if buffers else " Give every parameter of the model."
+            )
+            raise ValueError(f"{where}: the sample lacks {missing}.{hint}")
+        unknown = [n for n in values if n not in self._specs]
+        if unknown:
+            raise ValueError(
+                f"{where}: the sample has names the model does not: {unknown}. The model's parameters and "
+                f"buffers are {list(self._specs)}."
+            )
+        for name, (shape, dtype, kind) in self._specs.items():
+            value = values[name]
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{where}: {name!r} must be a tensor, got {type(value).__name__}.")
+            expected = (*leading, *shape)
+            if tuple(value.shape) != expected:
+                wanted = f"the {kind}'s shape {tuple(shape)}"
+                if leading:
+                    wanted = f"shape {expected} ({leading[0]} samples of {wanted})"
+                raise ValueError(
+                    f"{where}: {name!r} must have {wanted}, but has shape {tuple(value.shape)}; it would be "
+                    "broadcast into its slot silently."
+                )
+            if torch.promote_types(value.dtype, dtype) != dtype:
+                raise ValueError(
+                    f"{where}: {name!r} has dtype {value.dtype}, but the store keeps the model's {kind} in {dtype} "
+                    f"and would round it silently; convert it (.to({dtype})) or build the store from a model in "
+                    f"{value.dtype}."
+                )
+
+    def _current(self) -> dict[str, torch.Tensor]:
+        return {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+
     @torch.no_grad()
     def add(self, params: dict[str, torch.Tensor] | None = None) -> None:
-        """Store one sample now: the model's current parameters, or ``params`` (``{name: tensor}``)."""
-        if params is None:
-            params = dict(self.model.named_parameters())
-        missing = [n for n in self.names if n not in params]
-        if missing:
-            raise ValueError(f"params lacks {missing}; give every parameter of the model.")
+        """Store one sample now: the model's current parameters and buffers, or ``params`` (``{name: tensor}``).
+
+        Args:
+            params: every parameter of the model by name (as ``model.named_parameters()``), and every
+                buffer if it has any (as ``model.named_buffers()``); each of the model's shape and of a
+                dtype the store holds exactly (the model's, or a narrower one of the same kind).
+
+        Raises:
+            ValueError: for a missing or unknown name, a tensor of another shape or a dtype that would be
+                rounded (the message names it, and the expected and given shape or dtype), or a full
+                store with ``when_full="error"``. The store is then unchanged.
+        """
+        values = self._current() if params is None else params
+        self._check_sample(values, "PosteriorSamples.add")
         if self.max_samples is not None and self._count >= self.max_samples:
             if self.when_full == "error":
                 raise ValueError(
@@ -1072,12 +1317,12 @@ class PosteriorSamples:
             self._grow(self._count + 1)
             slot = (self._start + self._count) % self._capacity()
             self._count += 1
-        for n in self.names:
-            self._buffers[n][slot].copy_(params[n].detach())
+        for n, slots in self._slots.items():
+            slots[slot].copy_(values[n].detach())
         self.num_added += 1
 
     def _capacity(self) -> int:
-        return next(iter(self._buffers.values())).shape[0] if self._buffers else 0
+        return next(iter(self._slots.values())).shape[0] if self._slots else 0
 
     def _grow(self, needed: int) -> None:
         cap = self._capacity()
@@ -1086,14 +1331,12 @@ class PosteriorSamples:
         new_cap = max(needed, 2 * cap, 8)
         if self.max_samples is not None:
             new_cap = min(new_cap, self.max_samples)
-        ref = dict(self.model.named_parameters())
         order = self._order()
-        for n in self.names:
-            shape = ref[n].shape
-            buf = torch.empty((new_cap, *shape), dtype=ref[n].dtype, device=self.device)
+        for n, (shape, dtype, _) in self._specs.items():
+            slots = torch.empty((new_cap, *shape), dtype=dtype, device=self.device)
             if cap:
-                buf[: self._count] = self._buffers[n][order]
-            self._buffers[n] = buf
+                slots[: self._count] = self._slots[n][order]
+            self._slots[n] = slots
         self._start = 0
 
     def _order(self) -> torch.Tensor | slice:
@@ -1103,11 +1346,18 @@ class PosteriorSamples:
         return (torch.arange(self._count, device=self.device) + self._start) % cap
 
     def stacked(self) -> dict[str, torch.Tensor]:
-        """``{name: (S, ...)}``, the stored samples in the order they were taken."""
+        """``{name: (S, ...)}``, the stored samples' parameters in the order they were taken."""
+        return self._stacked(self.names)
+
+    def stacked_buffers(self) -> dict[str, torch.Tensor]:
+        """``{name: (S, ...)}``, the stored samples' buffers (empty for a model without buffers)."""
+        return self._stacked(self.buffer_names)
+
+    def _stacked(self, names: list[str]) -> dict[str, torch.Tensor]:
         if self._count == 0:
             raise ValueError("the store is empty: run the sampler past the burn-in (or call add()).")
         order = self._order()
-        return {n: b[order] for n, b in self._buffers.items()}
+        return {n: self._slots[n][order] for n in names}
 
     # -- predicting -------------------------------------------------------------------------------
 
@@ -1131,26 +1381,26 @@ class PosteriorSamples:
             raise ValueError("method='fast' needs an nn.Sequential of Linear layers and elementwise activations.")
         if method == "auto":
             method = "fast" if self._layout is not None else "vmap"
-        stacked = self.stacked()
+        stacked, stacked_buffers = self.stacked(), self.stacked_buffers()
         x = x.to(self.device)
         size = self._chunk_size(x, chunk_size)
-        buffers = dict(self.template.named_buffers())
         layout = self._layout
         if method == "fast":
             layout, x = _strip_flatten(layout, x, per_model=False)
+
+        def f(p, b, inp):  # one sample: its parameters and its buffers
+            return torch.func.functional_call(self.template, (p, b), (inp,))
+
         for start in range(0, self._count, size):
             part = {n: v[start : start + size] for n, v in stacked.items()}
+            buffers = {n: v[start : start + size] for n, v in stacked_buffers.items()}
             if method == "fast":
                 yield _stacked_mlp_forward(layout, part, x)
             elif method == "vmap":
-                def f(p, inp):
-                    return torch.func.functional_call(self.template, (p, buffers), (inp,))
-
-                yield torch.func.vmap(f, in_dims=(0, None))(part, x)
+                yield torch.func.vmap(f, in_dims=(0, 0, None))(part, buffers, x)
             else:
-                outs = []
-                for s in range(next(iter(part.values())).shape[0]):
-                    outs.append(torch.func.functional_call(self.template, ({n: v[s] for n, v in part.items()}, buffers), (x,)))
+                num = next(iter(part.values())).shape[0]
+                outs = [f({n: v[s] for n, v in part.items()}, {n: v[s] for n, v in buffers.items()}, x) for s in range(num)]
                 yield torch.stack(outs)
 
     @torch.no_grad()
@@ -1210,22 +1460,31 @@ class PosteriorSamples:
     # -- checkpointing ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to resume collecting: the samples and the counters."""
+        """Everything needed to resume collecting: the samples (parameters and buffers) and the counters."""
         return {
             "samples": self.stacked() if self._count else {},
+            "buffers": self.stacked_buffers() if self._count else {},
             "num_steps": self.num_steps,
             "num_added": self.num_added,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
-        self._buffers, self._count, self._start = {}, 0, 0
-        samples = state["samples"]
-        if samples:
-            s = next(iter(samples.values())).shape[0]
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: if the saved samples do not match the model (a missing or unknown name, another
+                shape or a dtype that would be rounded), including a state saved without the buffers
+                of a model that has some. The store is then unchanged.
+        """
+        values = {**state["samples"], **state.get("buffers", {})}
+        s = next(iter(values.values())).shape[0] if values else 0
+        if s:
+            self._check_sample(values, "PosteriorSamples.load_state_dict", leading=(s,))
+        self._slots, self._count, self._start = {}, 0, 0
+        if s:
             self._grow(s)
-            for n in self.names:
-                self._buffers[n][:s] = samples[n].to(self.device)
+            for n, slots in self._slots.items():
+                slots[:s] = values[n].to(self.device)
             self._count = s
         self.num_steps = state["num_steps"]
         self.num_added = state["num_added"]
