@@ -1234,20 +1234,18 @@ def reproduction_header(reproduces: str, paper: str, ours: str, results: dict, n
     return "\n".join(lines)
 
 
+def _toy_run_note(results: dict, what: str) -> str:
+    """One quoted line above a toy section's table: the profile and the sizes of the reference and the ensemble."""
+    from .._runtime import profile
+
+    return (f"> **How this section was run.** Profile `{profile()}`: an HMC reference of "
+            f"{results['hmc_num_samples']:,} samples (acceptance {results['hmc_acceptance']:.2f}) and an SGLD "
+            f"ensemble of {results['sgld_num_samples']:,} thinned samples; {what}")
+
+
 def toy_classification_header(results: dict, paper: dict) -> str:
-    """The reproduction header of the 2-D toy classification (Table 2 of the paper)."""
-    rows = {r["model"]: r for r in paper["toy_classification"]["table2_kl_to_hmc"]["rows"]}
-    kl = results["kl"]
-    theirs = ", ".join(f"{m.replace('Distilled ', 'distilled ')} {rows[m]['kl']}" for m in rows if m != "SGD")
-    ours = ", ".join(f"distilled {m.split()[-1]} {kl[m]:.3f}" for m in kl if m.startswith("Distilled"))
-    return reproduction_header(
-        "Table 2 (§3.1)",
-        f"KL to HMC: {theirs}; SGD {rows['SGD']['kl']}.",
-        f"KL to HMC: SGLD {kl['SGLD']:.3f}, {ours}; SGD {kl['SGD']:.3f}.",
-        results,
-        note=f"HMC reference: {results['hmc_num_samples']:,} samples (acceptance {results['hmc_acceptance']:.2f}); "
-             f"SGLD ensemble: {results['sgld_num_samples']:,} thinned samples.",
-    )
+    """The line above Table 2 of the 2-D toy classification: how the run was made (its numbers are in the table)."""
+    return _toy_run_note(results, "the table sets our KL values beside the paper's Table 2 (§3.1).")
 
 
 def toy_classification_tables(results: dict) -> str:
@@ -1259,17 +1257,8 @@ def toy_classification_tables(results: dict) -> str:
 
 
 def toy_regression_header(results: dict, paper: dict) -> str:
-    """The reproduction header of the cubic toy regression (Figure 2 of the paper)."""
-    kl = results["kl"]
-    return reproduction_header(
-        "Figure 2 (§3.3)",
-        "a figure (PBP, HMC, VI, SGD, SGLD, distilled SGLD; error bars ± 3 sd); no number is reported.",
-        f"KL to HMC on [-6, 6]: SGD {kl['SGD']:.3f}, SGLD {kl['SGLD']:.3f}, "
-        f"distilled SGLD {kl['Distilled SGLD']:.3f}.",
-        results,
-        note=f"HMC reference: {results['hmc_num_samples']:,} samples (acceptance {results['hmc_acceptance']:.2f}); "
-             f"SGLD ensemble: {results['sgld_num_samples']:,} thinned samples.",
-    )
+    """The line above the table of the cubic toy regression: how the run was made (its numbers are in the table)."""
+    return _toy_run_note(results, "the paper's Figure 2 (§3.3) has no numbers, so the table gives ours only.")
 
 
 def toy_regression_table(results: dict) -> str:
@@ -1311,6 +1300,11 @@ def boston_header(results: dict, paper: dict) -> str:
     return reproduction_header("Table 5 (§3.4)", theirs, ours, results)
 
 
+def _kl_label(value: float) -> str:
+    """A KL value for a panel title: three decimals, or two significant digits below 0.001 (not "0.000")."""
+    return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"
+
+
 def plot_toy_classification(results: dict):
     """Figure 1 of the paper, ours: the predictive probability of class 1 on the grid for each method."""
     import matplotlib.pyplot as plt
@@ -1328,17 +1322,18 @@ def plot_toy_classification(results: dict):
         for cls, marker in ((0, "o"), (1, "s")):
             ax.scatter(x[y == cls, 0], x[y == cls, 1], marker=marker, c="white", edgecolors="k", s=30,
                        label=f"class {cls}")
-        kl = "" if name == "HMC" else f" (KL {results['kl'][name]:.3f})"
+        kl = "" if name == "HMC" else f" (KL {_kl_label(results['kl'][name])})"
         ax.set_title(name + kl)
         ax.grid(False)
     for ax in axes[-1]:
         ax.set_xlabel("$x_1$")
     for ax in axes[:, 0]:
         ax.set_ylabel("$x_2$")
-    axes[0, 0].legend(loc="lower left", frameon=True)
+    # the legend above the panels, off the maps (the figure's caption carries the title)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=2, frameon=False)
     fig.colorbar(im, ax=axes, orientation="horizontal", shrink=0.7, aspect=40,
                  label="$p(y = 1 \\mid x, \\mathcal{D})$")
-    fig.suptitle("Posterior predictive on the 2-D toy problem\n(Figure 1 of the paper, ours)")
     return fig
 
 
@@ -1360,15 +1355,16 @@ def plot_toy_regression(results: dict):
         ax.plot(grid, m, color=colors[name], label="predictive mean")
         ax.fill_between(grid, m - 3 * sd, m + 3 * sd, color=colors[name], alpha=0.25, label="± 3 sd")
         ax.scatter(results["x"][:, 0], results["y"], s=12, c="k", zorder=3, label="data")
-        kl = "" if name == "HMC" else f" (KL {results['kl'][name]:.3f})"
+        kl = "" if name == "HMC" else f" (KL {_kl_label(results['kl'][name])})"
         ax.set_title(name + kl)
         ax.set_ylim(-150, 150)
     for ax in axes[-1]:
         ax.set_xlabel("$x$")
     for ax in axes[:, 0]:
         ax.set_ylabel("$y$")
-    axes[0, 0].legend(loc="upper left", fontsize=8)
-    fig.suptitle("Toy 1-D regression: predictive mean ± 3 sd (Figure 2 of the paper, ours)")
+    # one legend below the panels, off the data (the figure's caption carries the title)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
     return fig
 
 
