@@ -121,7 +121,8 @@ def provenance_note(record, what: str = "Ours, paper scale") -> str:
 
 def comparison_table(experiments: Sequence[str] | str, quick: dict[str, Any] | None = None,
                      records: dict[str, Any] | None = None, labels: Sequence[str] | None = None,
-                     quick_label: str = "ours, quick (this build)") -> str:
+                     quick_label: str = "ours, quick (this build)",
+                     record_label: str = "ours, paper scale (recorded)") -> str:
     """Markdown: one row per :class:`Quantity` of ``experiments``, with the paper's value, the recorded
     paper-scale run, its distance in combined standard errors and this build's quick run.
 
@@ -131,12 +132,13 @@ def comparison_table(experiments: Sequence[str] | str, quick: dict[str, Any] | N
         records: ``name -> Record`` (default: ``data/records/NAME.json`` where it exists).
         labels: only the rows whose label contains one of these strings.
         quick_label: the heading of the last column.
+        record_label: the heading of the recorded column (e.g. for a record on other data than the paper's).
     """
     experiments = [experiments] if isinstance(experiments, str) else list(experiments)
     quick = quick or {}
     if records is None:
         records = {name: record_or_none(name) for name in experiments}
-    header = ["", "paper", "ours, paper scale (recorded)", "distance (s.e.)", quick_label]
+    header = ["", "paper", record_label, "distance (s.e.)", quick_label]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for q in quantities():
         if q.experiment not in experiments or (labels and not any(s in q.label for s in labels)):
