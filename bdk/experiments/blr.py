@@ -754,11 +754,11 @@ def plot_special_case(special: dict, key: str, grid: dict, ax=None):
     ax.plot(ref[:, 0], ref[:, 1], "-", color=method_color(color_key), lw=3, alpha=0.7, label="classical implementation")
     ax.plot(ours[:, 0], ours[:, 1], "o", mfc="none", mec="#D55E00", ms=6, mew=1.2, label="BLR (bdk.blr)")
     ax.plot(ref[0, 0], ref[0, 1], "ks", ms=6, label="start")
-    _zoom(ax, grid, (ref,))
+    _zoom(ax, grid, (ref,), sds=2.5)
     ax.set_xlabel(r"$\theta_1$")
     ax.set_ylabel(r"$\theta_2$")
     ax.set_title(f"{title} (grey: exact posterior)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     return ax
 
 
@@ -772,6 +772,7 @@ def plot_special_cases(special: dict, grid: dict):
     for ax, key in zip(axes, _CASE_STYLE):
         plot_special_case(special, key, grid, ax=ax)
         ax.set_title(_CASE_STYLE[key][1])
+        ax.legend(loc="upper right", fontsize=8)  # inside: the panels sit in a grid
     fig.suptitle("Special cases of the BLR: iterates over the exact posterior (grey)")
     fig.tight_layout()
     return fig
@@ -783,7 +784,7 @@ def plot_adaptive(adaptive: dict, grid: dict):
 
     from ..plotting import method_color
 
-    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(7.0, 8.4), height_ratios=(1.35, 1.0))
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(7.0, 9.6), height_ratios=(1.35, 1.0), layout="constrained")
     _posterior_background(ax0, grid)
     for key in ("RMSprop", "Adam"):
         color = method_color(key)
@@ -794,11 +795,11 @@ def plot_adaptive(adaptive: dict, grid: dict):
     nosqrt = adaptive["BLR without square root vs Adam"]["blr"]
     ax0.plot(nosqrt[:, 0], nosqrt[:, 1], "-", color="#D55E00", lw=1.2, label="BLR without the square root")
     ax0.plot(nosqrt[0, 0], nosqrt[0, 1], "ks", ms=6, label="start")
-    _zoom(ax0, grid, (nosqrt,))
+    _zoom(ax0, grid, (nosqrt,), sds=2.5)
     ax0.set_xlabel(r"$\theta_1$")
     ax0.set_ylabel(r"$\theta_2$")
     ax0.set_title("Trajectories on the same minibatches (grey: exact posterior)")
-    ax0.legend(loc="upper right", fontsize=8)
+    ax0.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, frameon=False)
     floor = 1e-18
     for key, label, color in (
         ("RMSprop", "BLR with RMSprop's choices vs RMSprop", method_color("RMSprop")),
@@ -811,8 +812,7 @@ def plot_adaptive(adaptive: dict, grid: dict):
     ax1.set_xlabel("step")
     ax1.set_ylabel(r"$\max_i |\theta_i^{\mathrm{BLR}} - \theta_i^{\mathrm{torch}}|$")
     ax1.set_title("Difference per step (exact zeros drawn at $10^{-18}$)")
-    ax1.legend(loc="center right", fontsize=8)
-    fig.tight_layout()
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     return fig
 
 
@@ -842,14 +842,17 @@ def plot_posterior_comparison(res: dict):
     _ellipse(ax, res["laplace"], method_color("SGLD"), "Laplace", ls=":")
     g = res["grid"]
     ax.plot(float(g["mean"][0]), float(g["mean"][1]), "k*", ms=10, label="exact posterior mean")
-    c = res["laplace"].mean.numpy()
-    w = 4.0 * float(res["laplace"].covariance().diagonal().sqrt().max())
-    ax.set_xlim(c[0] - w, c[0] + w)
-    ax.set_ylim(c[1] - w, c[1] + w)
+    # the 2-sd ellipses of every approximation, with a margin
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    for state in (res["laplace"], res["vi"], res["von_state"]):
+        c, sd = state.mean.numpy(), state.covariance().diagonal().sqrt().numpy()
+        lo, hi = np.minimum(lo, c - 2.6 * sd), np.maximum(hi, c + 2.6 * sd)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
     ax.set_xlabel(r"$\theta_1$")
     ax.set_ylabel(r"$\theta_2$")
     ax.set_title("Gaussian approximations (1 and 2 sd) of the logistic posterior")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
     return fig
 
 
