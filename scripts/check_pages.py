@@ -32,7 +32,7 @@ A page FAILS (exit status 1, each page listed with its reasons) on
   * a broken image: an ``<img>`` whose file does not exist, or whose naturalWidth is 0 after load;
   * a figure a reader cannot follow: an ``<img>`` that is not inside a ``<figure>`` with a non-empty
     ``<figcaption>`` (a caption and a number), or whose alt text is empty or a file name (myst-nb's
-    default); the frames of an animation (``div.animation``) are exempt;
+    default); the frames of an animation (``div.animation``) and the theme's icons (``_static/``) are exempt;
   * a soft image: a PNG/JPEG shown wider than 2/3 of its pixel width (not sharp on a high-density
     screen; the book draws its figures at twice their displayed size);
   * a local resource that failed to load (HTTP status >= 400, or a network error), a page that does
@@ -242,9 +242,9 @@ class _Scanner(HTMLParser):
 
     def _check_figure_image(self, attrs: dict[str, str]) -> None:
         """An image must sit in a captioned figure and have alt text that describes it."""
-        if self._inside("animation"):
-            return
         src = attrs.get("src", "") or "(no src)"
+        if self._inside("animation") or "_static/" in src:  # frames of an animation; the theme's own icons
+            return
         alt = attrs.get("alt", "").strip()
         if not alt:
             self._add(f"image without alt text: {src}")

@@ -229,6 +229,8 @@ def test_a_figure_needs_a_caption_and_alt_text():
     assert check_pages.dom_problems(empty) == ["figure without a caption: x.png"]
     frames = page('<div class="animation"><img id="anim_img" src="data:image/png;base64,AAAA"></div>')
     assert check_pages.dom_problems(frames) == []
+    icon = page('<a class="btn"><img alt="" src="../_static/images/logo_colab.png"></a>')  # a launch button
+    assert check_pages.dom_problems(icon) == []
 
 
 def test_static_only_run_reports_and_exits_1(tmp_path, capsys):
