@@ -20,6 +20,16 @@ def _isolated_environment(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (restored afterwards): the problems are tiny, and on a shared CPU
+    extra threads only add synchronisation. Files opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    from bdk._runtime import one_cpu_thread
+
+    with one_cpu_thread("cpu"):
+        yield
+
+
+@pytest.fixture
 def generator():
     """A seeded CPU generator for tests that draw random numbers."""
     return torch.Generator().manual_seed(1234)

@@ -24,13 +24,7 @@ from bdk.blr import GaussianBLR
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2-parameter problems: intra-op threads only add synchronisation overhead
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _toy_logistic(seed=0, n=20, prior_precision=0.25):

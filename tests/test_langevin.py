@@ -17,13 +17,7 @@ import torch
 from bdk import langevin as L
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small element-wise loops: one intra-op thread is faster, and robust on a shared CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int) -> torch.Generator:

@@ -17,13 +17,7 @@ from bdk.optim import IVON
 # helpers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The problems here are tiny; on a shared CPU, intra-op threads only add synchronisation."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
