@@ -11,7 +11,7 @@ import importlib
 
 from ._runtime import PROFILES, get_device, profile, seed_everything
 from .cache import Checkpointer, cache_dir, load_or_run, progress
-from .notebook import setup_notebook
+from .notebook import setup_notebook, show_source
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "load_or_run",
     "progress",
     "setup_notebook",
+    "show_source",
     "__version__",
 ]
 

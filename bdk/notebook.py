@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
+import textwrap
 
 import torch
 
 from ._runtime import get_device, profile, seed_everything
 
-__all__ = ["setup_notebook"]
+__all__ = ["setup_notebook", "show_source", "source_of"]
+
+
+def source_of(obj) -> str:
+    """The source code of a function, class or method of ``bdk``, as the installed library has it.
+
+    Raises:
+        TypeError: for an object that has no Python source (a builtin, an instance).
+    """
+    try:
+        return textwrap.dedent(inspect.getsource(obj))
+    except (TypeError, OSError) as err:
+        raise TypeError(f"show_source needs a function, class or method written in Python, got {obj!r}.") from err
+
+
+def show_source(*objs) -> None:
+    """Show the source of each object on the page, as a highlighted Python block.
+
+    The chapters call it on the library's kernels, so that the page shows the very code that runs,
+    read from the installed ``bdk`` when the page is built. Outside IPython it prints the source.
+    """
+    text = "\n\n".join(source_of(obj).rstrip() for obj in objs)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # not in IPython: plain text
+        print(text)
+        return
+    if get_ipython() is None:
+        print(text)
+        return
+    display(Markdown(f"```python\n{text}\n```"))
 
 
 def _retina_figures() -> None:

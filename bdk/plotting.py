@@ -9,6 +9,9 @@ from __future__ import annotations
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
+
+from .metrics import calibration_bins
 
 __all__ = ["COLORS", "use_style", "method_color", "reliability_diagram"]
 
@@ -37,8 +40,13 @@ def method_color(name: str) -> str:
 
 
 def use_style() -> None:
-    """Apply the book's matplotlib style: readable on a laptop and in print, consistent colours."""
+    """Apply the book's style: seaborn's ``ticks`` theme with the book's palette, sizes and grid.
+
+    Every chapter's first cell calls it (through :func:`bdk.setup_notebook`), so seaborn's plots
+    (``sns.histplot``, ``sns.kdeplot``, ``sns.heatmap``) and plain matplotlib ones look alike.
+    """
     palette = [COLORS[k] for k in ("SGLD", "SGD", "IVON", "student", "AdamW", "pSGLD", "RMSprop", "exact")]
+    sns.set_theme(context="notebook", style="ticks", palette=palette, font_scale=0.95)
     mpl.rcParams.update(
         {
             "figure.figsize": (6.4, 4.0),
@@ -77,8 +85,6 @@ def reliability_diagram(confidence, correct, num_bins: int = 15, ax=None, label:
     Returns:
         The axes.
     """
-    from .metrics import calibration_bins
-
     bins = calibration_bins(confidence, correct, num_bins=num_bins)
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.2))
