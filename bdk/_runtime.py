@@ -9,7 +9,8 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["get_device", "check_device", "verbose", "seed_everything", "profile", "one_cpu_thread", "PROFILES"]
+__all__ = ["get_device", "check_device", "verbose", "seed_everything", "seeded_generator", "profile", "one_cpu_thread",
+           "PROFILES"]
 
 PROFILES = ("quick", "paper")
 
@@ -105,6 +106,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def seeded_generator(seed: int, device="cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (the one helper the experiments use)."""
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def profile() -> str:
