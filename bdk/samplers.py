@@ -12,7 +12,8 @@ a minibatch of size :math:`n` estimates it without bias by scaling the likelihoo
 
 What lives here:
 
-* :class:`SGLD` and :class:`pSGLD`, ``torch.optim.Optimizer`` subclasses;
+* :func:`sgld_step` and :func:`psgld_step`, the two updates as they read in the papers;
+* :class:`SGLD` and :class:`pSGLD`, ``torch.optim.Optimizer`` subclasses that run them;
 * :class:`RobbinsMonro`, the step-size schedule :math:`a(b+t)^{-\\gamma}` as a learning-rate scheduler;
 * :func:`neg_log_posterior`, the minibatch estimate :math:`\\hat U` for classification and regression;
 * :func:`sgld_sample`, many independent chains on a plain tensor, moved as one batch;
@@ -28,7 +29,6 @@ import copy
 import math
 import numbers
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -38,6 +38,8 @@ from torch.nn import functional as F
 from .langevin import _has_diverged
 
 __all__ = [
+    "sgld_step",
+    "psgld_step",
     "SGLD",
     "pSGLD",
     "RobbinsMonro",
@@ -178,88 +180,6 @@ def _check_real_floating(params, where: str) -> None:
         )
 
 
-_NOISE_EXECUTOR: ThreadPoolExecutor | None = None
-# Below this many elements per stream, one stream on the calling thread is faster than a thread hand-off.
-_MIN_STREAM_NUMEL = 1 << 16
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _NOISE_EXECUTOR
-    if _NOISE_EXECUTOR is None:
-        _NOISE_EXECUTOR = ThreadPoolExecutor(max_workers=7, thread_name_prefix="bdk-noise")
-    return _NOISE_EXECUTOR
-
-
-class _GaussianNoise:
-    """Fills flat buffers with i.i.d. :math:`\\mathcal N(0, \\sigma^2)` noise for the Langevin samplers.
-
-    On CUDA/MPS one ``normal_`` call with the user's generator does it. On the CPU, PyTorch's
-    Mersenne-Twister generator is serial and costs about as much as an MLP's forward and backward
-    pass at batch size 100, so a large buffer is cut into ``num_streams`` slabs, each drawn from its
-    own generator on its own thread. The streams are seeded once, from ``generator`` (or the global
-    generator) at the first draw, so a run is reproducible from the seed and ``num_streams``
-    whatever the number of threads; their states are part of the optimizer's ``state_dict``.
-    """
-
-    def __init__(self, generator: torch.Generator | None, num_streams: int):
-        self.generator = generator
-        self.num_streams = num_streams
-        self.streams: list[torch.Generator] | None = None
-
-    def _make_streams(self) -> list[torch.Generator]:
-        seeds: list[int] = []
-        while len(seeds) < self.num_streams:  # distinct 32-bit seeds (the CPU engine keeps 32 bits)
-            s = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator).item())
-            if s not in seeds:
-                seeds.append(s)
-        return [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-
-    def fill_(self, buffer: torch.Tensor, std: float) -> torch.Tensor:
-        if buffer.device.type != "cpu":
-            return buffer.normal_(0.0, std, generator=self.generator)
-        if self.streams is None:
-            self.streams = self._make_streams()
-        num = max(1, min(self.num_streams, buffer.numel() // _MIN_STREAM_NUMEL))
-        slabs = buffer.tensor_split(num)
-        if num == 1:
-            return buffer.normal_(0.0, std, generator=self.streams[0])
-        threads = max(1, min(num, torch.get_num_threads()))
-        if threads == 1:
-            for slab, gen in zip(slabs, self.streams):
-                slab.normal_(0.0, std, generator=gen)
-            return buffer
-        futures = [
-            _executor().submit(slab.normal_, 0.0, std, generator=gen)
-            for slab, gen in zip(slabs[1:], self.streams[1:num])
-        ]
-        slabs[0].normal_(0.0, std, generator=self.streams[0])
-        for f in futures:
-            f.result()
-        return buffer
-
-    def state_dict(self) -> dict:
-        return {
-            "generator": None if self.generator is None else self.generator.get_state(),
-            "streams": None if self.streams is None else [g.get_state() for g in self.streams],
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("generator") is not None and self.generator is not None:
-            self.generator.set_state(state["generator"])
-        streams = state.get("streams")
-        if streams is None:
-            self.streams = None
-        else:
-            if len(streams) != self.num_streams:
-                raise ValueError(
-                    f"the saved state has {len(streams)} noise streams but this optimizer was built with "
-                    f"noise_streams={self.num_streams}; build it with the same value to resume exactly."
-                )
-            self.streams = [torch.Generator(device="cpu") for _ in streams]
-            for g, s in zip(self.streams, streams):
-                g.set_state(s)
-
-
 class _FlatBuffers:
     """One contiguous noise buffer per (parameter set, device, dtype), with views shaped like the parameters."""
 
@@ -395,6 +315,51 @@ def neg_log_posterior(
 # --------------------------------------------------------------------------------------------------
 
 
+def sgld_step(params, grads, lr: float, temperature: float, noise) -> None:
+    """One SGLD step :cite:p:`welling2011sgld`, in place, for every tensor in ``params``:
+
+    .. math::
+        \\theta \\leftarrow \\theta - \\frac{\\mathrm{lr}}{2}\\,\\nabla_\\theta \\hat U(\\theta)
+        + \\sqrt{\\mathrm{lr}\\cdot T}\\;\\xi, \\qquad \\xi \\sim \\mathcal N(0, I).
+
+    Args:
+        params: the tensors :math:`\\theta` (changed in place).
+        grads: :math:`\\nabla \\hat U(\\theta)`, one tensor per parameter.
+        lr: the step size :math:`\\epsilon`.
+        temperature: :math:`T` (0 gives gradient descent with rate ``lr/2``).
+        noise: one standard normal tensor :math:`\\xi` per parameter (unused when ``T = 0``).
+    """
+    std = math.sqrt(lr * temperature)
+    for theta, grad, xi in zip(params, grads, noise):
+        theta.add_(grad, alpha=-lr / 2)  # drift: -(lr/2) grad U
+        if std > 0:
+            theta.add_(xi, alpha=std)  # diffusion: sqrt(lr T) xi
+
+
+def psgld_step(params, grads, square_avgs, lr: float, num_data: int, temperature: float, alpha: float,
+               eps: float, noise) -> None:
+    """One pSGLD step :cite:p:`li2016psgld`, in place, with the RMSprop preconditioner :math:`G`:
+
+    .. math::
+        V \\leftarrow \\alpha V + (1-\\alpha)\\,(\\nabla \\hat U / N)^{\\odot 2}, \\qquad
+        G = 1 \\oslash (\\lambda + \\sqrt V), \\qquad
+        \\theta \\leftarrow \\theta - \\frac{\\mathrm{lr}}{2}\\, G \\odot \\nabla \\hat U
+        + \\sqrt{\\mathrm{lr}\\, T}\\; G^{1/2} \\odot \\xi.
+
+    Args:
+        params, grads, lr, temperature, noise: as in :func:`sgld_step`.
+        square_avgs: :math:`V`, one tensor per parameter (changed in place).
+        num_data: :math:`N`; alpha: the decay :math:`\\alpha`; eps: the stabiliser :math:`\\lambda`.
+    """
+    std = math.sqrt(lr * temperature)
+    for theta, grad, v, xi in zip(params, grads, square_avgs, noise):
+        v.mul_(alpha).addcmul_(grad, grad, value=(1 - alpha) / num_data**2)  # V <- alpha V + (1 - alpha) (g/N)^2
+        inv_g = v.sqrt().add_(eps)  # 1 / G = lambda + sqrt(V)
+        theta.addcdiv_(grad, inv_g, value=-lr / 2)  # drift: -(lr/2) G grad U
+        if std > 0:
+            theta.addcdiv_(xi, inv_g.sqrt_(), value=std)  # diffusion: sqrt(lr T) G^(1/2) xi
+
+
 class SGLD(torch.optim.Optimizer):
     """Stochastic gradient Langevin dynamics :cite:p:`welling2011sgld`.
 
@@ -416,15 +381,12 @@ class SGLD(torch.optim.Optimizer):
         lr: the step size :math:`\\epsilon > 0`.
         temperature: :math:`T \\ge 0`.
         generator: optional ``torch.Generator`` for the injected noise (on the parameters' device).
-        noise_streams: on the CPU, the noise of a large model is drawn from this many generators in
-            parallel threads (seeded from ``generator`` at the first step); results depend on the
-            seed and this number, not on the number of threads.
         check_finite: check the gradients (and the closure's loss) for NaN/inf at every step.
 
     Raises:
-        ValueError: for a non-positive ``lr``, a negative ``temperature`` (also in a group), a bad
-            ``noise_streams``, a complex or non-floating-point parameter, or a generator on another
-            device than the parameters.
+        ValueError: for a non-positive ``lr``, a negative ``temperature`` (also in a group), a
+            complex or non-floating-point parameter, or a generator on another device than the
+            parameters.
         ValueError, FloatingPointError: from :meth:`step`, see there.
     """
 
@@ -438,21 +400,18 @@ class SGLD(torch.optim.Optimizer):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         *,
-        noise_streams: int = 4,
         check_finite: bool = True,
     ):
         if not (_is_number(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
         if not (_is_number(temperature) and temperature >= 0):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}.")
-        if isinstance(noise_streams, bool) or not isinstance(noise_streams, int) or not 1 <= noise_streams <= 64:
-            raise ValueError(f"noise_streams must be an integer in [1, 64], got {noise_streams!r}.")
         super().__init__(params, dict(lr=lr, temperature=temperature))
         _check_generator(generator, self.param_groups)
         self.generator = generator
         self.num_steps = 0
         self.check_finite = bool(check_finite)
-        self._noise = _GaussianNoise(generator, noise_streams)
+        self._own_generator: torch.Generator | None = None
         self._buffers = _FlatBuffers()
 
     def add_param_group(self, param_group: dict) -> None:
@@ -536,31 +495,52 @@ class SGLD(torch.optim.Optimizer):
             self._update(group, params)
         return loss
 
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The noise generator: the user's, or one of the optimizer's own, seeded from PyTorch's global
+        generator at the first draw (so ``torch.manual_seed`` decides the noise, and ``state_dict``
+        holds everything a resumed run needs)."""
+        if self.generator is not None:
+            return self.generator
+        if self._own_generator is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            self._own_generator = torch.Generator(device=device).manual_seed(seed)
+        return self._own_generator
+
+    def _standard_normal(self, params: list[torch.Tensor], temperature: float) -> list[torch.Tensor | None]:
+        """:math:`\\xi \\sim \\mathcal N(0, I)` for every parameter, drawn by one ``normal_`` call per
+        device and dtype into a reused flat buffer (one call is cheaper than one per tensor)."""
+        noise: list[torch.Tensor | None] = [None] * len(params)
+        if temperature > 0:
+            for flat, idx, views in self._buffers.views(params):
+                flat.normal_(generator=self._generator(flat.device))
+                for i, view in zip(idx, views):
+                    noise[i] = view
+        return noise
+
     def _update(self, group: dict, params: list[torch.Tensor]) -> None:
         """The SGLD step of one group's parameters (checked by :meth:`_checked_work`)."""
         lr, temperature = float(group["lr"]), float(group["temperature"])
-        torch._foreach_add_(params, [p.grad for p in params], alpha=-0.5 * lr)
-        if temperature > 0:
-            std = math.sqrt(lr * temperature)
-            for flat, idx, views in self._buffers.views(params):
-                self._noise.fill_(flat, std)
-                torch._foreach_add_([params[i] for i in idx], views)
+        noise = self._standard_normal(params, temperature)
+        sgld_step(params, [p.grad for p in params], lr, temperature, noise)
 
     def state_dict(self):
-        """The optimizer state plus the step count and the noise generators' states (for exact resume)."""
+        """The optimizer state plus the step count and the noise generator's state (for exact resume)."""
         state = super().state_dict()
         state["num_steps"] = self.num_steps
-        state["noise"] = self._noise.state_dict()
+        rng = self.generator if self.generator is not None else self._own_generator
+        state["generator"] = None if rng is None else {"device": str(rng.device), "state": rng.get_state()}
         return state
 
     def load_state_dict(self, state_dict):
-        """Restore :meth:`state_dict`, including the noise generators, so a resumed run is identical."""
+        """Restore :meth:`state_dict`, including the noise generator, so a resumed run is identical."""
         state_dict = dict(state_dict)
         self.num_steps = state_dict.pop("num_steps", 0)
-        noise = state_dict.pop("noise", None)
+        generator_state = state_dict.pop("generator", None)
         super().load_state_dict(state_dict)
-        if noise is not None:
-            self._noise.load_state_dict(noise)
+        if generator_state is not None:
+            if self.generator is None:
+                self._own_generator = torch.Generator(device=generator_state["device"])
+            (self.generator or self._own_generator).set_state(generator_state["state"])
 
 
 class pSGLD(SGLD):
@@ -605,7 +585,7 @@ class pSGLD(SGLD):
         alpha: decay of the squared-gradient average, in ``[0, 1]``.
         eps: the stabiliser :math:`\\lambda > 0` added to :math:`\\sqrt V` (per-data-point scale).
         generator: optional ``torch.Generator`` for the injected noise.
-        noise_streams, check_finite: as in :class:`SGLD`.
+        check_finite: as in :class:`SGLD`.
 
     Raises:
         ValueError: for bad ``lr``, ``num_data``, ``temperature``, ``alpha`` or ``eps`` (also in a
@@ -626,7 +606,6 @@ class pSGLD(SGLD):
         eps: float = 1e-5,
         generator: torch.Generator | None = None,
         *,
-        noise_streams: int = 4,
         check_finite: bool = True,
     ):
         if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
@@ -635,9 +614,7 @@ class pSGLD(SGLD):
             raise ValueError(f"alpha (the RMSprop decay) must be in [0, 1], got {alpha!r}.")
         if not (_is_number(eps) and eps > 0):
             raise ValueError(f"eps (the stabiliser lambda) must be a positive finite number, got {eps!r}.")
-        super().__init__(
-            params, lr, temperature, generator, noise_streams=noise_streams, check_finite=check_finite
-        )
+        super().__init__(params, lr, temperature, generator, check_finite=check_finite)
         for index, group in enumerate(self.param_groups):
             group.setdefault("alpha", alpha)
             group.setdefault("eps", eps)
@@ -646,31 +623,19 @@ class pSGLD(SGLD):
         self.defaults.update(alpha=alpha, eps=eps, num_data=num_data)
 
     def _update(self, group: dict, params: list[torch.Tensor]) -> None:
-        """The pSGLD step of one group's parameters (checked by :meth:`_checked_work`)."""
-        lr, temperature = float(group["lr"]), float(group["temperature"])
-        alpha, eps, num_data = float(group["alpha"]), float(group["eps"]), group["num_data"]
-        grads = [p.grad for p in params]
-        square_avgs, old_avgs, old_grads = [], [], []
-        for p, g in zip(params, grads):
-            st = self.state[p]
-            if "square_avg" not in st:
-                st["square_avg"] = (g / num_data).square()
-            else:
-                old_avgs.append(st["square_avg"])
-                old_grads.append(g)
-            square_avgs.append(st["square_avg"])
-        if old_avgs:  # V <- alpha V + (1 - alpha) (g / N)^2, fused over the parameters
-            torch._foreach_mul_(old_avgs, alpha)
-            torch._foreach_addcmul_(old_avgs, old_grads, old_grads, value=(1.0 - alpha) / num_data**2)
-        denom = torch._foreach_sqrt(square_avgs)
-        torch._foreach_add_(denom, eps)  # lambda + sqrt(V) = 1 / G
-        torch._foreach_addcdiv_(params, grads, denom, value=-0.5 * lr)
-        if temperature > 0:
-            std = math.sqrt(lr * temperature)
-            sqrt_denom = torch._foreach_sqrt(denom)
-            for flat, idx, views in self._buffers.views(params):
-                self._noise.fill_(flat, std)
-                torch._foreach_addcdiv_([params[i] for i in idx], views, [sqrt_denom[i] for i in idx])
+        """The pSGLD step of one group's parameters (checked by :meth:`_checked_work`).
+
+        :math:`V` starts at the first :math:`(\\nabla \\hat U / N)^{\\odot 2}`, which the kernel's
+        average then leaves unchanged (up to rounding) at the first step.
+        """
+        num_data = group["num_data"]
+        for p in params:
+            if "square_avg" not in self.state[p]:
+                self.state[p]["square_avg"] = (p.grad / num_data).square()
+        noise = self._standard_normal(params, float(group["temperature"]))
+        psgld_step(params, [p.grad for p in params], [self.state[p]["square_avg"] for p in params],
+                   float(group["lr"]), num_data, float(group["temperature"]), float(group["alpha"]),
+                   float(group["eps"]), noise)
 
 
 # --------------------------------------------------------------------------------------------------

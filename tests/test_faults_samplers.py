@@ -76,7 +76,7 @@ def _assert_unchanged(params, opt, weights, state) -> None:
     for p, w in zip(params, weights):
         assert torch.equal(p.detach(), w), "a refused step moved the weights"
     now = opt.state_dict()
-    for key in ("state", "num_steps", "noise"):
+    for key in ("state", "num_steps", "generator"):
         assert _equal(now[key], state[key]), f"a refused step changed the optimizer's {key!r}"
 
 
