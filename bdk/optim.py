@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["IVON"]
+__all__ = ["ivon_step", "IVON"]
 
 _HESS_APPROX = ("price", "gradsq")
 
@@ -54,6 +54,32 @@ def _check_floating(params, where: str) -> None:
                 f"{tuple(p.shape)}. Complex parameters would be sampled at the wrong temperature; keep the "
                 "model real (split a complex weight into real and imaginary parts)."
             )
+
+
+def ivon_step(m: Tensor, momentum: Tensor, h: Tensor, g_hat: Tensor, h_hat: Tensor, *, lr: float, beta1: float,
+              beta2: float, weight_decay: float, step: int, clip_radius: float = math.inf, debias: bool = True) -> None:
+    r"""IVON's update of one weight tensor :cite:p:`shen2024ivon`, in place, from the Monte Carlo
+    estimates :math:`\hat g` (the mean gradient of the samples) and :math:`\hat h` (the Hessian):
+
+    .. math::
+        \bar g &\leftarrow \beta_1 \bar g + (1 - \beta_1)\,\hat g \\
+        h &\leftarrow \beta_2 h + (1 - \beta_2)\,\hat h + \tfrac12 (1 - \beta_2)^2 \,(h - \hat h)^2 / (h + \delta) \\
+        m &\leftarrow m - \alpha \,\operatorname{clip}\!\Big(\frac{\bar g / (1 - \beta_1^t) + \delta m}{h + \delta},
+              \ \pm r\Big)
+
+    Args:
+        m, momentum, h: the mean :math:`m`, the momentum :math:`\bar g` and the Hessian estimate :math:`h` (changed in place).
+        g_hat, h_hat: :math:`\hat g` and :math:`\hat h`.
+        lr: :math:`\alpha` (:class:`IVON` passes its learning rate times :math:`h_0 + \delta`).
+        beta1, beta2, weight_decay: :math:`\beta_1`, :math:`\beta_2`, :math:`\delta`.
+        step: :math:`t`, counted from 1; clip_radius: :math:`r`; debias: divide by :math:`1 - \beta_1^t`.
+    """
+    momentum.lerp_(g_hat, 1 - beta1)
+    correction = (h - h_hat).square_().div_(h + weight_decay)  # (h - h_hat)^2 / (h + delta), with the old h
+    h.mul_(beta2).add_(h_hat, alpha=1 - beta2).add_(correction, alpha=0.5 * (1 - beta2) ** 2)
+    debiased = momentum / (1 - beta1**step) if debias else momentum
+    direction = (debiased + weight_decay * m) / (h + weight_decay)
+    m.sub_(direction.clamp_(-clip_radius, clip_radius), alpha=lr)
 
 
 class _Bucket:
@@ -120,6 +146,10 @@ class IVON(torch.optim.Optimizer):
     parameter's device and in its dtype, and follows the parameter when it moves; groups may mix
     devices and dtypes; a parameter without a gradient counts as a zero gradient (as the reference
     does for ``requires_grad=False``); the update uses ``torch._foreach_*`` ops on preallocated buffers.
+    That fused update is :func:`ivon_step` applied to every weight tensor, rearranged to reuse buffers;
+    the tests hold the two equal to rounding under the same draws. On the MNIST MLP (784-400-400-10,
+    batch 100, one CPU thread) a whole IVON step with the per-tensor kernel took 1.6 times as long as
+    with the fused update, which is why both exist.
     With the same torch seed the random draws are the reference's, so the two give the same iterates
     up to floating-point rounding.
 
@@ -569,6 +599,26 @@ class IVON(torch.optim.Optimizer):
                     "NaNs, or check the loss. The gradient samples of this step were discarded; the weights "
                     "and the optimizer state are unchanged."
                 )
+
+    def _update_group_by_kernel(self, group: dict, buckets: list[_Bucket], count: int) -> None:
+        """The update of one group by :func:`ivon_step`, one weight tensor at a time."""
+        ess, wd = float(group["ess"]), float(group["weight_decay"])
+        alpha = float(group["lr"]) * (float(group["hess_init"]) + wd) if group["rescale_lr"] else float(group["lr"])
+        for b in buckets:
+            if b.rsqrt_wd is None:  # r = 1/sqrt(h + wd) of the h the samples were drawn with
+                self._refresh_rsqrt(b, wd)
+            for p, momentum, h, gsum, u, r in zip(b.params, b.momentum, b.hess, b.gsum, b.z0, b.rsqrt):
+                st = self.state[p]
+                st["step"] += 1
+                g_hat = gsum.div_(count)
+                if group["hess_approx"] == "price":  # ess (h + wd) mean(eps g), eps = z r / sqrt(ess)
+                    h_hat = u.div_(r).mul_(math.sqrt(ess) / count)
+                else:  # ess mean(g^2)
+                    h_hat = u.mul_(ess / count)
+                ivon_step(p, momentum, h, g_hat, h_hat, lr=alpha, beta1=float(group["beta1"]),
+                          beta2=float(group["beta2"]), weight_decay=wd, step=st["step"],
+                          clip_radius=float(group["clip_radius"]), debias=bool(group["debias"]))
+            b.rsqrt_wd = None  # h changed: r is recomputed before the next samples
 
     def _update_group(self, group: dict, buckets: list[_Bucket], count: int) -> None:
         lr = float(group["lr"])

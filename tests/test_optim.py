@@ -506,3 +506,55 @@ def test_deepcopy_keeps_the_settings_and_the_state():
     _train(model, opt, x, y, steps=2, seed=5)
     _train(model2, opt2, x, y, steps=2, seed=5)
     assert torch.equal(_flat(model), _flat(model2))
+
+
+# --------------------------------------------------------------------------------------------------
+# the kernel ivon_step, and the fused update tested equal to it
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ivon_step_is_the_equation_by_hand():
+    from bdk.optim import ivon_step
+
+    d = torch.float64
+    m, momentum, h = torch.tensor([1.0], dtype=d), torch.tensor([0.5], dtype=d), torch.tensor([2.0], dtype=d)
+    # beta1 = 0.5, beta2 = 0.5, delta = 1, t = 1, alpha = 0.1, g_hat = 1.5, h_hat = 4
+    ivon_step(m, momentum, h, torch.tensor([1.5], dtype=d), torch.tensor([4.0], dtype=d), lr=0.1, beta1=0.5,
+              beta2=0.5, weight_decay=1.0, step=1)
+    # momentum = 0.5 * 0.5 + 0.5 * 1.5 = 1; h = 0.5 * 2 + 0.5 * 4 + 0.5 * 0.25 * (2 - 4)^2 / 3 = 3 + 1/6
+    assert momentum.item() == 1.0
+    assert h.item() == pytest.approx(3 + 1 / 6, abs=1e-15)
+    # m = 1 - 0.1 * (1 / (1 - 0.5) + 1 * 1) / (h + 1)
+    assert m.item() == pytest.approx(1 - 0.1 * 3 / (4 + 1 / 6), abs=1e-15)
+    m2 = torch.tensor([1.0], dtype=d)
+    ivon_step(m2, torch.tensor([0.5], dtype=d), torch.tensor([2.0], dtype=d), torch.tensor([1.5], dtype=d),
+              torch.tensor([4.0], dtype=d), lr=0.1, beta1=0.5, beta2=0.5, weight_decay=1.0, step=1, clip_radius=0.01)
+    assert m2.item() == pytest.approx(1 - 0.1 * 0.01, abs=1e-15)  # the step is clipped to +-r
+
+
+@pytest.mark.parametrize("hess_approx", ["price", "gradsq"])
+@pytest.mark.parametrize("mc_samples,clip_radius", [(1, math.inf), (3, math.inf), (2, 1e-3)])
+def test_the_fused_update_is_the_kernel(hess_approx, mc_samples, clip_radius):
+    """IVON's fused ``_foreach`` update (the one that runs) against the same optimizer updating every
+    tensor with :func:`bdk.optim.ivon_step`, from the same draws: equal to float64 rounding."""
+
+    def run(by_kernel):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+        opt = IVON(model.parameters(), lr=0.05, ess=200, hess_init=0.5, beta2=0.99, weight_decay=1e-2,
+                   mc_samples=mc_samples, hess_approx=hess_approx, clip_radius=clip_radius)
+        if by_kernel:
+            opt._update_group = opt._update_group_by_kernel
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            x, y = torch.randn(16, 4, dtype=torch.float64, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+            for _ in range(mc_samples):
+                with opt.sampled_params(train=True):
+                    opt.zero_grad()
+                    F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [t.detach().clone() for p in model.parameters() for t in (p, opt.state[p]["hess"], opt.state[p]["momentum"])]
+
+    fused, kernel = run(False), run(True)
+    for a, b in zip(fused, kernel):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
