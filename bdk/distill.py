@@ -50,6 +50,7 @@ __all__ = [
     "IVONTeacher",
     "Student",
     "EnsembleAverage",
+    "distillation_step",
     "Distiller",
     "StackedDistiller",
     "stacked_noise_inputs",
@@ -539,6 +540,18 @@ class Student:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
 
+    def distillation_loss(self, xs: torch.Tensor, target, task: str = "classification") -> torch.Tensor:
+        """:math:`\\hat L(w \\mid \\theta, x')` on the student inputs ``xs`` against the teacher sample's
+        predictive ``target`` (class probabilities, or ``(mean, noise variance)`` for regression)."""
+        self.model.train()
+        out = self.model(xs)
+        if task == "classification":
+            return classification_distillation_loss(out, target)
+        if out.dim() != 2 or out.shape[1] != 2:
+            raise ValueError(f"a regression student must output (n, 2) = (mean, log-variance); got {tuple(out.shape)}.")
+        mean, noise_var = target
+        return regression_distillation_loss(out[:, 0], out[:, 1], mean, noise_var)
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, task: str = "classification"):
         """The student's predictive: class probabilities ``(n, K)``, or ``(mean (n,), variance (n,))``."""
@@ -625,6 +638,48 @@ class EnsembleAverage:
 # --------------------------------------------------------------------------------------------------
 # The online distillation loop (Algorithm 1)
 # --------------------------------------------------------------------------------------------------
+
+
+def distillation_step(teacher, students: Mapping[str, "Student"], x: torch.Tensor, y: torch.Tensor,
+                      student_inputs: Callable[[], torch.Tensor], task: str = "classification",
+                      iteration: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One iteration of Algorithm 1 of :cite:t:`korattikara2015bdk` (Distilled SGLD):
+
+    .. math::
+        \\theta_{t+1} &= \\theta_t - \\tfrac{\\eta_t}{2} \\nabla \\hat U(\\theta_t) + \\mathcal N(0, \\eta_t I)
+            \\quad \\text{(the teacher's step on the minibatch } (x, y)\\text{)} \\\\
+        x' &\\sim \\text{the student data generator}, \\qquad
+        w \\leftarrow w - \\rho_t \\Big(\\tfrac{1}{M'} \\sum_{x'} \\nabla_w \\hat L(w \\mid \\theta_{t+1}, x') + \\gamma w\\Big)
+
+    for every student (the weight decay :math:`\\gamma` is in its optimizer). With no students (the
+    burn-in) only the teacher steps and no student inputs are drawn.
+
+    Returns:
+        The teacher's loss and each student's loss.
+
+    Raises:
+        FloatingPointError: when the teacher's or a student's loss is not finite (names ``iteration``).
+    """
+    teacher_loss = teacher.step(x, y)  # theta_{t+1}
+    if not bool(torch.isfinite(torch.as_tensor(teacher_loss))):
+        raise FloatingPointError(f"distillation iteration {iteration}: the teacher's loss is {float(teacher_loss)}. "
+                                 "Lower the teacher's step size, or check the data and the prior.")
+    student_losses = {}
+    if students:
+        xs = student_inputs()  # x' ~ student data generator
+        target = teacher.predict(xs)  # p(y | x', theta_{t+1})
+    for name, student in students.items():
+        student.optimizer.zero_grad(set_to_none=True)
+        loss = student.distillation_loss(xs, target, task)  # L(w | theta_{t+1}, x')
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"distillation iteration {iteration}: student {name!r} has loss "
+                                     f"{float(loss.detach())}. Lower its learning rate or increase its prior precision.")
+        loss.backward()
+        student.optimizer.step()  # w <- w - rho_t (grad L + gamma w)
+        if student.scheduler is not None:
+            student.scheduler.step()
+        student_losses[name] = loss.detach()
+    return teacher_loss, student_losses
 
 
 class Distiller:
@@ -736,46 +791,21 @@ class Distiller:
         self._cursor += self.batch_size
         return idx
 
-    def _student_loss(self, student: Student, xs, target):
-        student.model.train()
-        out = student.model(xs)
-        if self.task == "classification":
-            return classification_distillation_loss(out, target)
-        if out.dim() != 2 or out.shape[1] != 2:
-            raise ValueError(f"a regression student must output (n, 2) = (mean, log-variance); got {tuple(out.shape)}.")
-        mean, noise_var = target
-        return regression_distillation_loss(out[:, 0], out[:, 1], mean, noise_var)
-
     def step(self) -> None:
-        """One iteration of Algorithm 1 (teacher step, then the students' steps after the burn-in)."""
+        """One iteration of Algorithm 1 (:func:`distillation_step`: the teacher's step, then the students'
+        steps after the burn-in), with the bookkeeping around it: the loss history every ``thin``
+        iterations, the ensemble average and the kept samples."""
         idx = self._next_indices()
-        loss = self.teacher.step(self.x[idx], self.y[idx])
         step = self.iteration + 1
-        if not bool(torch.isfinite(torch.as_tensor(loss))):
-            raise FloatingPointError(
-                f"distillation iteration {step}: the teacher's loss is {float(loss)}. Lower the teacher's "
-                "step size, or check the data and the prior."
-            )
-        record = step % max(1, self.thin) == 0
-        if record:
+        learning = self.iteration >= self.burn_in
+        loss, student_losses = distillation_step(
+            self.teacher, self.students if learning else {}, self.x[idx], self.y[idx],
+            lambda: self.student_data(self.student_batch_size, self.generator), self.task, step)
+        if step % max(1, self.thin) == 0:
             self.history["teacher"].append(float(loss))
-        if self.iteration >= self.burn_in:
-            xs = self.student_data(self.student_batch_size, self.generator)
-            target = self.teacher.predict(xs)
-            for name, student in self.students.items():
-                student.optimizer.zero_grad(set_to_none=True)
-                s_loss = self._student_loss(student, xs, target)
-                if not bool(torch.isfinite(s_loss)):
-                    raise FloatingPointError(
-                        f"distillation iteration {step}: student {name!r} has loss {float(s_loss.detach())}. Lower its "
-                        "learning rate or increase its prior precision."
-                    )
-                s_loss.backward()
-                student.optimizer.step()
-                if student.scheduler is not None:
-                    student.scheduler.step()
-                if record:
-                    self.history[name].append(float(s_loss.detach()))
+            for name, s_loss in student_losses.items():
+                self.history[name].append(float(s_loss))
+        if learning:
             if self.ensemble is not None and (step - self.burn_in) % self.thin == 0:
                 self.ensemble.update(self.teacher)
             if self.keep_samples and (step - self.burn_in) % self.keep_thin == 0:
