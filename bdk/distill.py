@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cache import Checkpointer, progress
+from .langevin import Potential
 from .samplers import SGLD, neg_log_posterior
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "mlp_num_params",
     "mlp_forward_flat",
     "mlp_value_and_grad_flat",
+    "MLPPotential",
     "mlp_potential",
     "hmc",
     "stack_samples",
@@ -1299,28 +1301,43 @@ def mlp_value_and_grad_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequenc
     return loss, torch.cat(grads[::-1], 1)
 
 
-def mlp_potential(x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], prior_precision: float,
-                  likelihood: str = "classification", noise_precision: float | None = None) -> Callable:
-    """The full-batch potential :math:`U(\\theta) = \\tfrac{\\lambda}{2}\\lVert\\theta\\rVert^2 - \\sum_i \\log p(y_i \\mid x_i, \\theta)`
-    of an MLP, for a batch of flat parameter vectors ``(C, P) -> (C,)`` (the conventions page's
-    :math:`U`; the same potential ``bdk.samplers.neg_log_posterior`` estimates, constants included
-    for regression). Used by :func:`hmc` for the toy problems' references (chapter 6)."""
-    if likelihood not in TASKS:
-        raise ValueError(f"likelihood must be one of {TASKS}, got {likelihood!r}.")
-    if likelihood == "regression" and (noise_precision is None or noise_precision <= 0):
-        raise ValueError("regression needs a positive noise_precision.")
+class MLPPotential(Potential):
+    """The full-batch potential :math:`U(\\theta) = \\tfrac{\\kappa}{2}\\lVert\\theta\\rVert^2 - \\sum_i \\log p(y_i \\mid x_i, \\theta)`
+    of an MLP on its flat parameter vector, a :class:`bdk.langevin.Potential` of dimension
+    :math:`P` = ``mlp_num_params(sizes)``: ``U`` maps ``(C, P) -> (C,)`` and ``grad_U`` is autograd's
+    (the conventions page's :math:`U`; the same potential ``bdk.samplers.neg_log_posterior``
+    estimates, constants included for regression). Built by :func:`mlp_potential`; :func:`hmc` samples
+    it for the toy problems' references (chapter 6)."""
 
-    def U(theta: torch.Tensor) -> torch.Tensor:
-        out = mlp_forward_flat(theta, x, sizes)
-        prior = 0.5 * prior_precision * theta.pow(2).sum(-1)
-        if likelihood == "classification":
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], prior_precision: float,
+                 likelihood: str = "classification", noise_precision: float | None = None):
+        if likelihood not in TASKS:
+            raise ValueError(f"likelihood must be one of {TASKS}, got {likelihood!r}.")
+        if likelihood == "regression" and (noise_precision is None or noise_precision <= 0):
+            raise ValueError("regression needs a positive noise_precision.")
+        super().__init__()
+        self.x, self.y, self.sizes = x, y, tuple(sizes)
+        self.prior_precision, self.likelihood, self.noise_precision = prior_precision, likelihood, noise_precision
+        self.dim = mlp_num_params(sizes)
+
+    def U(self, theta: torch.Tensor) -> torch.Tensor:
+        out = mlp_forward_flat(theta, self.x, self.sizes)
+        prior = 0.5 * self.prior_precision * theta.pow(2).sum(-1)
+        y = self.y
+        if self.likelihood == "classification":
             log_lik = torch.log_softmax(out, -1).gather(-1, y.view(1, -1, 1).expand(out.shape[0], -1, 1)).sum((1, 2))
         else:
+            tau = self.noise_precision
             r = out.squeeze(-1) - y
-            log_lik = -0.5 * noise_precision * r.pow(2).sum(-1) + 0.5 * y.numel() * math.log(noise_precision / (2 * math.pi))
+            log_lik = -0.5 * tau * r.pow(2).sum(-1) + 0.5 * y.numel() * math.log(tau / (2 * math.pi))
         return prior - log_lik
 
-    return U
+
+def mlp_potential(x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], prior_precision: float,
+                  likelihood: str = "classification", noise_precision: float | None = None) -> MLPPotential:
+    """The :class:`MLPPotential` of the MLP ``sizes`` on the data ``(x, y)`` (a batched potential
+    ``(C, P) -> (C,)``; see there)."""
+    return MLPPotential(x, y, sizes, prior_precision, likelihood, noise_precision)
 
 
 def hmc(
