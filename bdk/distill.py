@@ -645,16 +645,19 @@ class EnsembleAverage:
 def distillation_step(teacher, students: Mapping[str, "Student"], x: torch.Tensor, y: torch.Tensor,
                       student_inputs: Callable[[], torch.Tensor], task: str = "classification",
                       iteration: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One iteration of Algorithm 1 of :cite:t:`korattikara2015bdk` (Distilled SGLD):
+    r"""One iteration of Algorithm 1 of :cite:t:`korattikara2015bdk` (Distilled SGLD):
 
     .. math::
-        \\theta_{t+1} &= \\theta_t - \\tfrac{\\eta_t}{2} \\nabla \\hat U(\\theta_t) + \\mathcal N(0, \\eta_t I)
-            \\quad \\text{(the teacher's step on the minibatch } (x, y)\\text{)} \\\\
-        x' &\\sim \\text{the student data generator}, \\qquad
-        w \\leftarrow w - \\rho_t \\Big(\\tfrac{1}{M'} \\sum_{x'} \\nabla_w \\hat L(w \\mid \\theta_{t+1}, x') + \\gamma w\\Big)
+        \theta_{t+1} &= \theta_t - \tfrac{\eta_t}{2} \nabla \hat U(\theta_t) + \mathcal N(0, \eta_t I)
+            \quad \text{(the teacher's step on the minibatch } (x, y)\text{)} \\
+        x' &\sim \text{the student data generator}, \qquad
+        w \leftarrow w - \eta_{\mathcal S} \Big(\tfrac{1}{M} \sum_{x'} \nabla_w \hat L(w \mid \theta_{t+1}, x')
+            + \delta_{\mathcal S}\, w\Big)
 
-    for every student (the weight decay :math:`\\gamma` is in its optimizer). With no students (the
-    burn-in) only the teacher steps and no student inputs are drawn.
+    for every student :math:`\mathcal S` (the paper's student step is SGD; its rate
+    :math:`\eta_{\mathcal S}` and weight decay :math:`\delta_{\mathcal S}` live in the student's
+    optimizer, so any optimizer works). During the burn-in ``students`` is empty: only the teacher
+    steps, and no student inputs are drawn.
 
     Returns:
         The teacher's loss and each student's loss.
@@ -677,7 +680,7 @@ def distillation_step(teacher, students: Mapping[str, "Student"], x: torch.Tenso
             raise FloatingPointError(f"distillation iteration {iteration}: student {name!r} has loss "
                                      f"{float(loss.detach())}. Lower its learning rate or increase its prior precision.")
         loss.backward()
-        student.optimizer.step()  # w <- w - rho_t (grad L + gamma w)
+        student.optimizer.step()  # w <- w - eta_S (grad L + delta_S w)
         if student.scheduler is not None:
             student.scheduler.step()
         student_losses[name] = loss.detach()

@@ -58,24 +58,25 @@ def _check_floating(params, where: str) -> None:
 
 def ivon_step(m: Tensor, momentum: Tensor, h: Tensor, g_hat: Tensor, h_hat: Tensor, *, lr: float, beta1: float,
               beta2: float, weight_decay: float, step: int, clip_radius: float = math.inf, debias: bool = True) -> None:
-    r"""IVON's update of one weight tensor :cite:p:`shen2024ivon`, in place, from the Monte Carlo
-    estimates :math:`\hat g` (the mean gradient of the samples) and :math:`\hat h` (the Hessian):
+    r"""IVON's update of one weight tensor :cite:p:`shen2024ivon`, in place, from this step's Monte Carlo
+    estimates of the gradient, :math:`\hat g` (the samples' mean gradient), and of the Hessian's diagonal, :math:`\hat H`:
 
     .. math::
         \bar g &\leftarrow \beta_1 \bar g + (1 - \beta_1)\,\hat g \\
-        h &\leftarrow \beta_2 h + (1 - \beta_2)\,\hat h + \tfrac12 (1 - \beta_2)^2 \,(h - \hat h)^2 / (h + \delta) \\
-        m &\leftarrow m - \alpha \,\operatorname{clip}\!\Big(\frac{\bar g / (1 - \beta_1^t) + \delta m}{h + \delta},
-              \ \pm r\Big)
+        \bar H &\leftarrow \beta_2 \bar H + (1 - \beta_2)\,\hat H
+            + \tfrac12 (1 - \beta_2)^2 \,(\bar H - \hat H)^2 / (\bar H + \delta) \\
+        m &\leftarrow m - \eta \,\operatorname{clip}\!\Big(\frac{\bar g / (1 - \beta_1^t) + \delta m}{\bar H + \delta}\Big)
 
     Args:
-        m, momentum, h: the mean :math:`m`, the momentum :math:`\bar g` and the Hessian estimate :math:`h` (changed in place).
-        g_hat, h_hat: :math:`\hat g` and :math:`\hat h`.
-        lr: :math:`\alpha` (:class:`IVON` passes its learning rate times :math:`h_0 + \delta`).
+        m, momentum, h: the mean :math:`m`, the momentum :math:`\bar g` and :math:`\bar H` (changed in place).
+        g_hat, h_hat: :math:`\hat g` and :math:`\hat H`.
+        lr: the rate :math:`\eta` at which the mean moves (:class:`IVON` passes ``lr`` times :math:`\bar H_0 + \delta`).
         beta1, beta2, weight_decay: :math:`\beta_1`, :math:`\beta_2`, :math:`\delta`.
-        step: :math:`t`, counted from 1; clip_radius: :math:`r`; debias: divide by :math:`1 - \beta_1^t`.
+        step: :math:`t`, counted from 1; clip_radius: clip the step elementwise to this size; debias:
+            divide the momentum by :math:`1 - \beta_1^t`.
     """
     momentum.lerp_(g_hat, 1 - beta1)
-    correction = (h - h_hat).square_().div_(h + weight_decay)  # (h - h_hat)^2 / (h + delta), with the old h
+    correction = (h - h_hat).square_().div_(h + weight_decay)  # (H - H_hat)^2 / (H + delta), with the old H
     h.mul_(beta2).add_(h_hat, alpha=1 - beta2).add_(correction, alpha=0.5 * (1 - beta2) ** 2)
     debiased = momentum / (1 - beta1**step) if debias else momentum
     direction = (debiased + weight_decay * m) / (h + weight_decay)

@@ -316,18 +316,18 @@ def neg_log_posterior(
 
 
 def sgld_step(params, grads, lr: float, temperature: float, noise) -> None:
-    """One SGLD step :cite:p:`welling2011sgld`, in place, for every tensor in ``params``:
+    r"""One SGLD step :cite:p:`welling2011sgld`, in place, for every tensor in ``params``:
 
     .. math::
-        \\theta \\leftarrow \\theta - \\frac{\\mathrm{lr}}{2}\\,\\nabla_\\theta \\hat U(\\theta)
-        + \\sqrt{\\mathrm{lr}\\cdot T}\\;\\xi, \\qquad \\xi \\sim \\mathcal N(0, I).
+        \theta \leftarrow \theta - \frac{\mathrm{lr}}{2}\,\nabla_\theta \hat U(\theta)
+        + \sqrt{\mathrm{lr}\cdot T}\;\xi, \qquad \xi \sim \mathcal N(0, I).
 
     Args:
-        params: the tensors :math:`\\theta` (changed in place).
-        grads: :math:`\\nabla \\hat U(\\theta)`, one tensor per parameter.
-        lr: the step size :math:`\\epsilon`.
+        params: the tensors :math:`\theta` (changed in place).
+        grads: :math:`\nabla \hat U(\theta)`, one tensor per parameter.
+        lr: the step size :math:`\mathrm{lr}` (the book's :math:`\eta`).
         temperature: :math:`T` (0 gives gradient descent with rate ``lr/2``).
-        noise: one standard normal tensor :math:`\\xi` per parameter (unused when ``T = 0``).
+        noise: one standard normal tensor :math:`\xi` per parameter (unused when ``T = 0``).
     """
     std = math.sqrt(lr * temperature)
     for theta, grad, xi in zip(params, grads, noise):
@@ -338,23 +338,23 @@ def sgld_step(params, grads, lr: float, temperature: float, noise) -> None:
 
 def psgld_step(params, grads, square_avgs, lr: float, num_data: int, temperature: float, alpha: float,
                eps: float, noise) -> None:
-    """One pSGLD step :cite:p:`li2016psgld`, in place, with the RMSprop preconditioner :math:`G`:
+    r"""One pSGLD step :cite:p:`li2016psgld`, in place, with the RMSprop preconditioner :math:`G`:
 
     .. math::
-        V \\leftarrow \\alpha V + (1-\\alpha)\\,(\\nabla \\hat U / N)^{\\odot 2}, \\qquad
-        G = 1 \\oslash (\\lambda + \\sqrt V), \\qquad
-        \\theta \\leftarrow \\theta - \\frac{\\mathrm{lr}}{2}\\, G \\odot \\nabla \\hat U
-        + \\sqrt{\\mathrm{lr}\\, T}\\; G^{1/2} \\odot \\xi.
+        V \leftarrow \beta_2 V + (1-\beta_2)\,(\nabla \hat U / N)^{\odot 2}, \qquad
+        G = 1 \oslash (\mathrm{eps} + \sqrt V), \qquad
+        \theta \leftarrow \theta - \frac{\mathrm{lr}}{2}\, G \odot \nabla \hat U
+        + \sqrt{\mathrm{lr}\, T}\; G^{1/2} \odot \xi.
 
     Args:
         params, grads, lr, temperature, noise: as in :func:`sgld_step`.
         square_avgs: :math:`V`, one tensor per parameter (changed in place).
-        num_data: :math:`N`; alpha: the decay :math:`\\alpha`; eps: the stabiliser :math:`\\lambda`.
+        num_data: :math:`N`; alpha: the decay :math:`\beta_2`; eps: :math:`\mathrm{eps}`.
     """
     std = math.sqrt(lr * temperature)
     for theta, grad, v, xi in zip(params, grads, square_avgs, noise):
-        v.mul_(alpha).addcmul_(grad, grad, value=(1 - alpha) / num_data**2)  # V <- alpha V + (1 - alpha) (g/N)^2
-        inv_g = v.sqrt().add_(eps)  # 1 / G = lambda + sqrt(V)
+        v.mul_(alpha).addcmul_(grad, grad, value=(1 - alpha) / num_data**2)  # V <- beta2 V + (1 - beta2) (g/N)^2
+        inv_g = v.sqrt().add_(eps)  # 1 / G = eps + sqrt(V)
         theta.addcdiv_(grad, inv_g, value=-lr / 2)  # drift: -(lr/2) G grad U
         if std > 0:
             theta.addcdiv_(xi, inv_g.sqrt_(), value=std)  # diffusion: sqrt(lr T) G^(1/2) xi
