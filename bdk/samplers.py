@@ -31,10 +31,12 @@ import numbers
 import warnings
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .cache import progress as _progress
 from .langevin import _has_diverged
 
 __all__ = [
@@ -802,8 +804,6 @@ def sgld_sample(
     kept = 0
     steps: Iterable[int] = range(num_steps)
     if progress:
-        from .cache import progress as _progress
-
         steps = _progress(steps, desc="SGLD", total=num_steps)
     for t in steps:
         lr_t = float(lr(t)) if callable(lr) else lr
@@ -1480,9 +1480,7 @@ def convergence_diagnostics(samples, names: Sequence[str] | None = None) -> dict
         ImportError: if ``arviz`` is not installed (``pip install arviz``, or ``pip install bdk[diagnostics]``).
         ValueError: for a wrong shape.
     """
-    import numpy as np
-
-    try:
+    try:  # arviz is an optional dependency (bdk[diagnostics]), imported when first needed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             import arviz as az
