@@ -890,6 +890,10 @@ def langevin_acceptance(
 
     Returns:
         The acceptance probabilities, ``(C,)``.
+
+    Raises:
+        ValueError: for a bad ``lr`` or shape of ``theta``.
+        FloatingPointError: when a probability is NaN (``U`` or ``grad_U`` gave NaN or inf).
     """
     if not (_is_number(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
@@ -913,6 +917,13 @@ def langevin_acceptance(
         new = theta - 0.5 * lr * g + math.sqrt(lr) * xi
         grads_new = None if minibatch_grads is None else minibatch_grads(new)
         log_ratio = -U(new) + U(theta) + log_q(theta, new, grads_new) - log_q(new, theta, grads_here)
+        bad = torch.isnan(log_ratio)
+        if bool(bad.any()):
+            raise FloatingPointError(
+                f"langevin_acceptance: the acceptance probability is NaN for {int(bad.sum())} of {theta.shape[0]} "
+                "chains: U or grad_U gave NaN or infinite values at the states or at their proposals. Check U and "
+                "grad_U there, or lower lr if the proposals ran away."
+            )
         return torch.exp(torch.clamp(log_ratio, max=0.0))
 
 
@@ -1265,11 +1276,18 @@ class PosteriorSamples:
 
         Raises:
             ValueError: for a missing or unknown name, a tensor of another shape or a dtype that would be
-                rounded (the message names it, and the expected and given shape or dtype), or a full
-                store with ``when_full="error"``. The store is then unchanged.
+                rounded (the message names it, and the expected and given shape or dtype), a
+                parameter holding NaN or inf, or a full store with ``when_full="error"``. The store is
+                then unchanged.
         """
         values = self._current() if params is None else params
         self._check_sample(values, "PosteriorSamples.add")
+        bad = [n for n in self.names if not _all_finite([values[n].detach()])]
+        if bad:
+            raise ValueError(
+                f"PosteriorSamples.add: the sample holds NaN or infinite values in {bad}: the chain has diverged "
+                "(lower the step size) or the weights were corrupted. The store is unchanged."
+            )
         if self.max_samples is not None and self._count >= self.max_samples:
             if self.when_full == "error":
                 raise ValueError(

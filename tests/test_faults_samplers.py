@@ -532,3 +532,25 @@ def test_metrics_name_the_dtype_and_its_tolerance_for_rows_off_by_more_than_the_
     off = (probs * 1.2).bfloat16()  # rows sum to 1.2: not a rounding error of bfloat16
     with pytest.raises(ValueError, match=r"bfloat16.*not logits"):
         metrics.nll(off, y)
+
+
+def test_posterior_samples_refuse_a_diverged_sample():
+    model = torch.nn.Linear(2, 1)
+    store = PosteriorSamples(model)
+    store.add()
+    with torch.no_grad():
+        model.weight[0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in \['weight'\]"):
+        store.add()
+    assert len(store) == 1 and store.num_added == 1
+
+
+def test_langevin_acceptance_refuses_a_nan_probability():
+    from bdk.samplers import langevin_acceptance
+
+    def U(x):  # NaN right of the origin
+        return torch.where(x[:, 0] > 0, torch.full_like(x[:, 0], float("nan")), 0.5 * x[:, 0] ** 2)
+
+    theta = torch.tensor([[-1.0], [5.0]])
+    with pytest.raises(FloatingPointError, match="NaN for 1 of 2 chains"):
+        langevin_acceptance(U, lambda x: x, theta, lr=1e-4, generator=torch.Generator().manual_seed(0))
