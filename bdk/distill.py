@@ -375,6 +375,342 @@ class SGLDTeacher:
             self.generator.set_state(state["generator"])
 
 
+class _OptimizerTeacher:
+    """What the dropout and IVON teachers share: the minibatch's average negative log likelihood, the
+    predictive of one network output, and the state of the model and its optimizer."""
+
+    def __init__(self, model: nn.Module, optimizer, likelihood: str, noise_precision: float | None):
+        if likelihood not in TASKS:
+            raise ValueError(f"likelihood must be one of {TASKS}, got {likelihood!r}.")
+        if likelihood == "regression" and (noise_precision is None or noise_precision <= 0):
+            raise ValueError("a regression teacher needs a positive noise_precision.")
+        self.model, self.optimizer = model, optimizer
+        self.likelihood, self.noise_precision = likelihood, noise_precision
+
+    def _loss(self, x, y):
+        out = self.model(x)
+        if self.likelihood == "classification":
+            return F.cross_entropy(out, y)
+        return 0.5 * self.noise_precision * (out.reshape(y.shape) - y).pow(2).mean()
+
+    def _predictive(self, out: torch.Tensor):
+        if self.likelihood == "classification":
+            return F.softmax(out, dim=-1)
+        return out.reshape(out.shape[0]), 1.0 / self.noise_precision
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class DropoutTeacher(_OptimizerTeacher):
+    """A Monte Carlo dropout teacher :cite:p:`gal2016dropout` (chapter 6, beyond the paper).
+
+    :meth:`step` takes one step of ``optimizer`` on the minibatch's average negative log likelihood
+    with dropout active (the prior enters as the optimizer's weight decay); :meth:`predict` runs the
+    network with a fresh dropout mask, one sample of the approximate posterior predictive. Dropout
+    draws from PyTorch's global generator, whose state :class:`Distiller` checkpoints.
+
+    Args:
+        model: a network with ``nn.Dropout`` layers, outputting logits (classification) or ``(n,)``/``(n, 1)``.
+        optimizer: its optimizer (e.g. ``torch.optim.SGD(..., weight_decay=...)``).
+        likelihood: ``"classification"`` or ``"regression"``.
+        noise_precision: :math:`\\tau` for regression.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, likelihood: str = "classification",
+                 noise_precision: float | None = None):
+        super().__init__(model, optimizer, likelihood, noise_precision)
+        if not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules()):
+            raise ValueError("DropoutTeacher needs a model with at least one nn.Dropout layer.")
+
+    def step(self, x, y):
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(x, y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def predict(self, x):
+        self.model.train()  # dropout on: one Monte Carlo sample
+        return self._predictive(self.model(x))
+
+
+class IVONTeacher(_OptimizerTeacher):
+    """A variational teacher trained by IVON :cite:p:`shen2024ivon` (chapter 6, beyond the paper).
+
+    Works with ``bdk.optim.IVON`` or the reference ``ivon.IVON`` (same interface): :meth:`step` does
+    ``with optimizer.sampled_params(train=True): loss.backward()`` on the minibatch's average negative
+    log likelihood, once for each of the optimizer's ``mc_samples``, then ``optimizer.step()``;
+    :meth:`predict` runs the network inside ``optimizer.sampled_params()``, i.e. on one draw from the
+    Gaussian posterior :math:`\\mathcal N(m, 1/(\\nu(\\bar H + \\delta)))`. The draws use PyTorch's
+    global generator.
+
+    Args:
+        model: the network (logits for classification).
+        optimizer: an IVON optimizer over ``model.parameters()``.
+        likelihood: ``"classification"`` or ``"regression"``.
+        noise_precision: :math:`\\tau` for regression.
+    """
+
+    def __init__(self, model: nn.Module, optimizer, *, likelihood: str = "classification",
+                 noise_precision: float | None = None):
+        if not hasattr(optimizer, "sampled_params"):
+            raise TypeError("IVONTeacher needs an optimizer with a sampled_params() context manager (bdk.optim.IVON or ivon.IVON).")
+        super().__init__(model, optimizer, likelihood, noise_precision)
+        self.model.eval()
+
+    def step(self, x, y):
+        mc = int(self.optimizer.param_groups[0].get("mc_samples", 1))
+        total = 0.0
+        for _ in range(mc):  # the reference usage: zero_grad inside, so each sample's gradient stands alone
+            with self.optimizer.sampled_params(train=True):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._loss(x, y)
+                loss.backward()
+            total = total + loss.detach()
+        self.optimizer.step()
+        return total / mc
+
+    @torch.no_grad()
+    def predict(self, x):
+        with self.optimizer.sampled_params():
+            out = self.model(x)
+        return self._predictive(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Student data generators: callables (batch_size, generator) -> inputs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class gaussian_noise_inputs:  # noqa: N801 (a function-like callable object)
+    """Student data generator: training inputs plus Gaussian noise, :math:`x' = x_i + \\sigma\\,\\xi`.
+
+    The paper's choice for high-dimensional inputs ("sample near the training data, for example by
+    perturbing the inputs slightly", §2 of :cite:t:`korattikara2015bdk`; chapter 6). Calling it with
+    ``(batch_size, generator)`` draws ``batch_size`` training rows uniformly with replacement and adds
+    noise. ``noise_std=0`` returns plain training inputs.
+
+    Args:
+        x: the training inputs ``(N, ...)`` (on the device the student trains on).
+        noise_std: :math:`\\sigma \\ge 0`.
+
+    Raises:
+        ValueError: for a negative ``noise_std`` or an empty ``x``.
+    """
+
+    x: torch.Tensor
+    noise_std: float
+
+    def __post_init__(self):
+        if self.noise_std < 0 or not math.isfinite(self.noise_std):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}.")
+        if self.x.shape[0] == 0:
+            raise ValueError("x must hold at least one training input.")
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        idx = torch.randint(self.x.shape[0], (batch_size,), device=self.x.device, generator=generator)
+        out = self.x[idx]
+        if self.noise_std > 0:
+            out = out + self.noise_std * torch.randn(out.shape, device=out.device, dtype=out.dtype, generator=generator)
+        return out
+
+
+@dataclass
+class uniform_inputs:  # noqa: N801
+    """Student data generator: inputs drawn uniformly from a box ``[low, high]`` (per dimension).
+
+    The paper's choice for low-dimensional problems ("uniformly sample the input domain", §2 of
+    :cite:t:`korattikara2015bdk`; chapter 6).
+
+    Args:
+        low: lower corner, a sequence of length ``D`` (or a number for ``D = 1``).
+        high: upper corner, same length, each entry above ``low``.
+        device: where to create the inputs.
+
+    Raises:
+        ValueError: if ``low`` and ``high`` differ in length or ``high <= low`` somewhere.
+    """
+
+    low: Sequence[float] | float
+    high: Sequence[float] | float
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self):
+        low = torch.as_tensor(self.low, dtype=torch.float32).reshape(-1)
+        high = torch.as_tensor(self.high, dtype=torch.float32).reshape(-1)
+        if low.shape != high.shape or not bool((high > low).all()):
+            raise ValueError(f"low and high must have the same length and high > low everywhere; got {self.low} and {self.high}.")
+        self._low, self._high = low.to(self.device), high.to(self.device)
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand((batch_size, self._low.numel()), device=self._low.device, generator=generator)
+        return self._low + (self._high - self._low) * u
+
+
+# --------------------------------------------------------------------------------------------------
+# Teachers: objects with step(x, y) -> loss, predict(x) -> predictive of the current sample
+# --------------------------------------------------------------------------------------------------
+
+
+def _gamma_sample(shape: float, rate: float, generator: torch.Generator | None, device) -> float:
+    """One draw from Gamma(shape, rate) with a torch generator (Marsaglia & Tsang, shape >= 1)."""
+    if shape < 1:
+        raise ValueError("the Gamma posterior of the noise precision needs shape >= 1.")
+    d = shape - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    while True:
+        z = float(torch.randn((), generator=generator, device=device))
+        v = (1.0 + c * z) ** 3
+        if v <= 0:
+            continue
+        u = float(torch.rand((), generator=generator, device=device))
+        if math.log(u) < 0.5 * z * z + d - d * v + d * math.log(v):
+            return d * v / rate
+
+
+class SGLDTeacher:
+    """A teacher whose posterior samples come from SGLD (the paper's teacher; chapter 6).
+
+    Each :meth:`step` is one SGLD step of :cite:t:`welling2011sgld` on the minibatch potential
+    :math:`\\hat U = \\tfrac{\\lambda}{2}\\lVert\\theta\\rVert^2 - \\tfrac{N}{M}\\sum_{i\\in S}\\log p(y_i\\mid x_i,\\theta)`
+    (``bdk.samplers.neg_log_posterior``; conventions page), i.e.
+    :math:`\\theta \\leftarrow \\theta - \\tfrac{\\eta_t}{2}\\nabla\\hat U + \\mathcal N(0, \\eta_t I)`,
+    Algorithm 1 of :cite:t:`korattikara2015bdk`. :meth:`predict` returns the predictive of the current
+    sample :math:`\\theta_t`.
+
+    For regression the noise precision :math:`\\lambda_n` is either fixed (``noise_precision``) or,
+    with ``noise_prior=(a, b)``, a Gamma(a, b) prior, resampled from its exact conditional
+    :math:`\\lambda_n \\mid \\theta, \\mathcal D \\sim \\mathrm{Gamma}(a + N/2,\\, b + \\tfrac12\\sum_i (y_i - f(x_i\\mid\\theta))^2)`
+    after every SGLD step (a Gibbs step on the full training set ``x_full, y_full``).
+
+    Args:
+        model: the network (logits for classification, ``(n,)`` or ``(n, 1)`` predictions for regression).
+        num_data: :math:`N`.
+        prior_precision: :math:`\\lambda` of the Gaussian prior on every weight.
+        lr: the initial step size :math:`\\eta_0`.
+        likelihood: ``"classification"`` or ``"regression"``.
+        noise_precision: :math:`\\lambda_n` (regression, fixed), or the initial value with ``noise_prior``.
+        noise_prior: ``(a, b)`` of a Gamma prior on :math:`\\lambda_n` (regression); needs ``x_full, y_full``.
+        noise_every: with ``noise_prior``, the Gibbs step of :math:`\\lambda_n` follows every
+            ``noise_every``-th SGLD step (a full pass over the training set; each step leaves the
+            joint posterior invariant, so any fixed schedule samples it).
+        x_full, y_full: the whole training set for the Gibbs step of :math:`\\lambda_n`.
+        temperature: SGLD temperature (1 samples the posterior).
+        lr_lambda: optional step-size schedule, a function of the step count returning a factor of
+            ``lr`` (``torch.optim.lr_scheduler.LambdaLR``), e.g. the paper's halving every 80k steps.
+        generator: ``torch.Generator`` for the SGLD noise and the Gibbs draws.
+
+    Raises:
+        ValueError: for an unknown likelihood or a regression teacher without a noise precision.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_data: int,
+        prior_precision: float,
+        lr: float,
+        *,
+        likelihood: str = "classification",
+        noise_precision: float | None = None,
+        noise_prior: tuple[float, float] | None = None,
+        x_full: torch.Tensor | None = None,
+        y_full: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        lr_lambda: Callable[[int], float] | None = None,
+        generator: torch.Generator | None = None,
+        noise_every: int = 1,
+    ):
+        if isinstance(noise_every, bool) or not isinstance(noise_every, int) or noise_every < 1:
+            raise ValueError(f"noise_every must be a positive integer, got {noise_every!r}.")
+        if likelihood not in TASKS:
+            raise ValueError(f"likelihood must be one of {TASKS}, got {likelihood!r}.")
+        if likelihood == "regression":
+            if noise_precision is None or noise_precision <= 0:
+                raise ValueError("a regression teacher needs a positive noise_precision (the initial value with noise_prior).")
+            if noise_prior is not None:
+                if len(noise_prior) != 2 or min(noise_prior) <= 0:
+                    raise ValueError(f"noise_prior must be (shape a > 0, rate b > 0), got {noise_prior!r}.")
+                if x_full is None or y_full is None:
+                    raise ValueError("noise_prior needs the whole training set as x_full and y_full for the Gibbs step.")
+        self.model = model
+        self.num_data = int(num_data)
+        self.prior_precision = float(prior_precision)
+        self.likelihood = likelihood
+        self.noise_precision = None if noise_precision is None else float(noise_precision)
+        self.noise_prior = noise_prior
+        self.x_full, self.y_full = x_full, y_full
+        self.generator = generator
+        self.noise_every = noise_every
+        self.num_steps = 0
+        self.optimizer = SGLD(model.parameters(), lr=lr, temperature=temperature, generator=generator)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda) if lr_lambda is not None else None
+        self.model.eval()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One SGLD step on the minibatch ``(x, y)`` (then the Gibbs step of the noise precision)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        potential = neg_log_posterior(
+            self.model, x, y, self.num_data, self.prior_precision, self.likelihood, self.noise_precision
+        )
+        potential.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.num_steps += 1
+        if self.noise_prior is not None and self.num_steps % self.noise_every == 0:
+            with torch.no_grad():
+                residual = self._regression_out(self.x_full) - self.y_full
+                a, b = self.noise_prior
+                self.noise_precision = _gamma_sample(
+                    a + 0.5 * residual.numel(), b + 0.5 * float(residual.pow(2).sum()), self.generator, residual.device
+                )
+        return potential.detach()
+
+    def _regression_out(self, x):
+        out = self.model(x)
+        return out.reshape(x.shape[0])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor):
+        """The current sample's predictive: class probabilities ``(n, K)``, or ``(mean (n,), noise_var)``."""
+        if self.likelihood == "classification":
+            return F.softmax(self.model(x), dim=-1)
+        return self._regression_out(x), 1.0 / self.noise_precision
+
+    def sample_vector(self) -> torch.Tensor:
+        """The current parameter sample as one flat vector (a copy)."""
+        return nn.utils.parameters_to_vector(self.model.parameters()).detach().clone()
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "noise_precision": self.noise_precision,
+            "num_steps": self.num_steps,
+            "generator": None if self.generator is None else self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.noise_precision = state["noise_precision"]
+        self.num_steps = state.get("num_steps", 0)
+        if self.generator is not None and state["generator"] is not None:
+            self.generator.set_state(state["generator"])
+
+
 class DropoutTeacher:
     """A Monte Carlo dropout teacher :cite:p:`gal2016dropout` (chapter 6, beyond the paper).
 
