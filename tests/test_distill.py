@@ -227,7 +227,7 @@ def test_mlp_potential_matches_neg_log_posterior():
 
 
 def test_stacked_samples_give_the_ensemble_predictive_in_the_sample_store():
-    from bdk.experiments.distill import _ensemble_predictor
+    from bdk.experiments.bdk_mnist import ensemble_predictor
 
     torch.manual_seed(0)
     model = D.mlp((4, 6, 3))
@@ -235,7 +235,7 @@ def test_stacked_samples_give_the_ensemble_predictive_in_the_sample_store():
     stacked = D.stack_samples(model, vectors)
     assert {k: tuple(v.shape) for k, v in stacked.items()} == {k: (5, *p.shape) for k, p in model.named_parameters()}
     x = torch.randn(11, 4)
-    predict, _ = _ensemble_predictor(model, vectors)
+    predict, _ = ensemble_predictor(model, vectors)
     by_hand = torch.softmax(D.mlp_forward_flat(vectors, x, (4, 6, 3)), -1).mean(0)
     torch.testing.assert_close(predict(x), by_hand)
     with pytest.raises(ValueError):
@@ -380,21 +380,22 @@ def test_student_approaches_the_teacher_on_the_toy_problem():
 
 
 def test_tables_are_generated_from_the_paper_numbers_file():
-    from bdk.experiments import distill as E
+    from bdk.experiments import bdk_boston, bdk_toy
+    from bdk.experiments.distill_common import paper_numbers
 
-    numbers = E.paper_numbers()["korattikara2015bdk"]
+    numbers = paper_numbers()["korattikara2015bdk"]
     kl = {"SGD": 0.5, "SGLD": 0.01, "Distilled 2-10-2": 0.02, "Distilled 2-100-2": 0.03, "Distilled 2-10-10-2": 0.04}
-    table = E.table2({"kl": kl, "num_params": {k: 1 for k in kl}, "kl_hmc_halves": 0.0})
+    table = bdk_toy.table2({"kl": kl, "num_params": {k: 1 for k in kl}, "kl_hmc_halves": 0.0})
     for row in numbers["toy_classification"]["table2_kl_to_hmc"]["rows"]:
         assert f"| {row['model']} | {row['num_params']} | {row['kl']} |" in table
     boston = {"summary": {m: (-2.5, 0.1) for m in ("SGD", "SGLD", "SGLD (moment-matched)", "SGLD distilled")}, "num_splits": 2}
-    table5 = E.table5(boston)
+    table5 = bdk_boston.table5(boston)
     for row in numbers["boston"]["table5_test_log_likelihood"]["rows"]:
         assert f"{row['mean']:.3f} ± {row['se']:.3f}" in table5
 
 
 def test_time_predictive_reports_every_ensemble_size():
-    from bdk.experiments import distill as E
+    from bdk.experiments import bdk_mnist as E
 
     torch.manual_seed(0)
     model, student = D.mlp((5, 8, 3)), D.mlp((5, 8, 3))
@@ -407,7 +408,7 @@ def test_time_predictive_reports_every_ensemble_size():
 
 
 def test_alive_units_counts_relus_positive_somewhere_on_the_box():
-    from bdk.experiments import distill as E
+    from bdk.experiments import distill_common as E
 
     torch.manual_seed(0)
     model = D.mlp((2, 4, 3, 2))

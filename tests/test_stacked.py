@@ -12,6 +12,7 @@ from torch import nn
 
 from bdk import distill as D
 from bdk.cache import Checkpointer
+from bdk.experiments import bdk_boston as E
 from bdk.samplers import SGLD, neg_log_posterior
 
 
@@ -177,8 +178,6 @@ def test_stacked_run_names_the_member_whose_loss_is_not_finite():
 def test_boston_sgd_of_one_split_is_the_serial_sgd():
     """With one split the stacked SGD baseline draws the same initial weights and minibatches as the
     serial one, so the two agree to float rounding."""
-    from bdk.experiments import distill as E
-
     cfg = dataclasses.replace(E.BOSTON_CONFIGS["quick"], num_splits=1, iterations=900, burn_in=800, sgd_iterations=300)
     stacked = E.boston(cfg)["splits"][0]
     serial = E.boston(dataclasses.replace(cfg, batched=False))["splits"][0]
@@ -192,8 +191,6 @@ def test_boston_stacked_agrees_with_serial_statistically():
     difference within 4 of its standard errors (estimated from the eight differences; a t statistic
     with 7 degrees of freedom exceeds 4 with probability 0.005). A wrong likelihood scaling, prior or
     step size in either path moves every split the same way and fails it."""
-    from bdk.experiments import distill as E
-
     cfg = dataclasses.replace(E.BOSTON_CONFIGS["quick"], num_splits=8, iterations=2000, burn_in=800)
     stacked = E.boston(cfg)["splits"]
     serial = E.boston(dataclasses.replace(cfg, batched=False))["splits"]

@@ -23,7 +23,11 @@ MODULES = (
     "bdk.experiments.sgld",
     "bdk.experiments.blr",
     "bdk.experiments.ivon",
-    "bdk.experiments.distill",
+    "bdk.experiments.bdk_toy",
+    "bdk.experiments.bdk_toy_regression",
+    "bdk.experiments.bdk_mnist",
+    "bdk.experiments.bdk_boston",
+    "bdk.experiments.bdk_teachers",
 )
 
 _REGISTRY: dict[str, "Experiment"] = {}

@@ -48,7 +48,7 @@ class Quantity:
 
 
 def _paper():
-    from .distill import paper_numbers
+    from .distill_common import paper_numbers
 
     return paper_numbers()["korattikara2015bdk"]
 
