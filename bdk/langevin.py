@@ -23,8 +23,11 @@ This module holds
 
 * potentials with ``U(x)``, ``grad_U(x)``, exact normalisers and (where possible) exact samplers:
   :class:`DoubleWell`, :class:`Gaussian`, :class:`GaussianMixture`, :class:`Banana`;
-* samplers that move a whole tensor of particles ``(num_particles, dim)`` at once, on any device:
-  :func:`euler_maruyama` and :func:`mala`;
+* one step of each sampler, the kernels :func:`euler_maruyama_step`, :func:`mala_step` and
+  :func:`hmc_step`, and the one loop that runs chains on plain tensors, :func:`run_chains`
+  (burn-in, thinning, trajectories, the checks for non-finite values, progress);
+* the samplers built from them, which move a whole tensor of particles ``(num_particles, dim)`` at
+  once, on any device: :func:`euler_maruyama`, :func:`mala` and :func:`hmc`;
 * :func:`fokker_planck_1d`, a mass-conserving, positivity-preserving finite-volume solver of the
   Fokker-Planck equation, with its stability limit :func:`fokker_planck_max_dt`;
 * exact references for tests and figures: :func:`gibbs_bin_probabilities`,
@@ -41,14 +44,21 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .cache import progress as _progress
+
 __all__ = [
     "Potential",
     "DoubleWell",
     "Gaussian",
     "GaussianMixture",
     "Banana",
+    "run_chains",
+    "euler_maruyama_step",
+    "mala_step",
+    "hmc_step",
     "euler_maruyama",
     "mala",
+    "hmc",
     "fokker_planck_1d",
     "fokker_planck_max_dt",
     "euler_maruyama_stationary_density_1d",
@@ -565,9 +575,9 @@ class _Checkpoint:
         self.rng_state = rng.get_state() if rng is not None else None
 
 
-def _replay_euler_maruyama(grad_fn, start: _Checkpoint, last: int, step_size: float, noise_scale: float,
+def _replay_euler_maruyama(grad_fn, start: _Checkpoint, last: int, step_size: float, temperature: float,
                            generator, rng):
-    """Re-run the steps after ``start`` up to ``last`` with the same noise, checking every step.
+    """Re-run the steps after ``start`` up to ``last`` with the same kernel and noise, checking every step.
 
     Returns ``(step, bad, x_before, kind)`` for the first step that produced a non-finite value:
     ``bad`` marks its particles, ``x_before`` holds the particles before that step, and ``kind`` is
@@ -575,27 +585,23 @@ def _replay_euler_maruyama(grad_fn, start: _Checkpoint, last: int, step_size: fl
     overflowed). Returns ``None`` when the replay stays finite (a ``grad_U`` that is not
     deterministic) or cannot draw the same noise. The generator is left as it was.
     """
-    if noise_scale > 0 and (rng is None or start.rng_state is None):
+    if temperature > 0 and (rng is None or start.rng_state is None):
         return None
     saved = rng.get_state() if rng is not None else None
     try:
-        if noise_scale > 0:
+        if temperature > 0:
             rng.set_state(start.rng_state)
         x = start.x.clone()
-        noise = torch.empty_like(x)
         for step in range(start.step + 1, last + 1):
             g = grad_fn(x)
             bad = ~torch.isfinite(g).all(1)
             if bool(bad.any()):
                 return step, bad, x, "grad"
-            before = x.clone()
-            x.add_(g, alpha=-step_size)  # the same operations, in the same order, as the run
-            if noise_scale > 0:
-                noise.normal_(generator=generator)
-                x.add_(noise, alpha=noise_scale)
-            bad = ~torch.isfinite(x).all(1)
+            new = euler_maruyama_step(x, lambda _: g, step_size, temperature, generator)
+            bad = ~torch.isfinite(new).all(1)
             if bool(bad.any()):
-                return step, bad, before, "update"
+                return step, bad, x, "update"
+            x = new
     finally:
         if saved is not None:
             rng.set_state(saved)
@@ -636,6 +642,215 @@ def _nonfinite_error(sampler: str, first: int, last: int, step_size: float, foun
         f"{head} It started at step {step}: the chain diverged: {count} of {total} particles had run away to "
         f"|x| = {reach:.3g} (from |x0| <= {start:.3g}) and {cause}. {too_large}"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# the chain driver
+# ----------------------------------------------------------------------------------------------
+
+
+def _positions(state) -> torch.Tensor:
+    """The positions of a chain state: the state itself, or the first entry of a tuple."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def _finite_positions(sampler: str):
+    """The default check of :func:`run_chains`: the positions must be finite."""
+
+    def check(state, first: int, last: int) -> None:
+        if not bool(torch.isfinite(_positions(state)).all()):
+            raise FloatingPointError(f"{sampler}: the chains became NaN or infinite between step {first} and step {last}.")
+
+    return check
+
+
+def run_chains(
+    step: Callable,
+    state,
+    num_steps: int,
+    *,
+    burn_in: int = 0,
+    thin: int = 1,
+    return_trajectory: bool = False,
+    check: Callable | None = None,
+    check_every: int = _NONFINITE_CHECK_EVERY,
+    progress: bool = False,
+    desc: str = "chains",
+):
+    r"""Run ``num_steps`` steps of a Markov chain kernel on plain tensors: the one loop under every sampler.
+
+    :func:`euler_maruyama`, :func:`mala`, :func:`hmc` and ``bdk.sde.noisy_sgd`` are each a kernel
+    (:func:`euler_maruyama_step`, :func:`mala_step`, :func:`hmc_step`, ``bdk.sde.noisy_sgd_step``) handed
+    to this driver. Its contract:
+
+    * **State.** ``state`` is a tensor of positions, one row per chain (``(num_chains, ...)``), or a tuple
+      whose first entry is that tensor and whose other entries are what the kernel carries from step to
+      step (for MALA and HMC, :math:`U(x)` and :math:`\nabla U(x)`). It is passed on as given: copy
+      ``x0`` first if it must not change.
+    * **Steps.** ``step(state, k)`` returns the state after step ``k``, for ``k = 1, ..., num_steps``
+      (1-based). It may modify the state in place or return new tensors; what it needs beyond the
+      state (a step size that adapts, an acceptance count) it keeps itself.
+    * **Burn-in and thinning** (one meaning): steps ``1, ..., burn_in`` are burn-in; the trajectory holds
+      the positions after steps ``burn_in, burn_in + thin, burn_in + 2 thin, ... <= num_steps``, each a
+      copy. With ``burn_in = 0`` its first entry is the initial state; a sampler that returns only
+      draws after the burn-in drops that entry.
+    * **Non-finite values** (one policy): after every ``check_every``-th step and after the last,
+      ``check(state, first, last)`` is called with the steps ``first..last`` since the previous check;
+      it raises ``FloatingPointError`` naming the step (or steps) and the cause. The default check
+      raises when the positions are not finite. One host synchronisation per check, not per step
+      (``check_every=1`` checks every step).
+    * **Progress**: a progress bar (``bdk.cache.progress``, titled ``desc``) with ``progress=True``.
+
+    Args:
+        step: the kernel, ``(state, k) -> state``.
+        state: the initial state (see above).
+        num_steps: the number of steps, ``>= burn_in``.
+        burn_in: steps before the first kept state.
+        thin: keep every ``thin``-th state after the burn-in.
+        return_trajectory: also return the kept positions.
+        check: the non-finite check, ``(state, first, last) -> None``; by default the positions must be finite.
+        check_every: steps between checks.
+        progress: show a progress bar.
+        desc: the progress bar's title, and the sampler's name in the default check's message.
+
+    Returns:
+        The final state; with ``return_trajectory=True``, ``(final_state, trajectory)`` where
+        ``trajectory`` has shape ``((num_steps - burn_in) // thin + 1, *positions.shape)``.
+
+    Raises:
+        ValueError: for counts that do not make sense.
+        FloatingPointError: from ``check``.
+    """
+    num_steps = _check_count(num_steps, "num_steps")
+    burn_in = _check_count(burn_in, "burn_in")
+    thin = _check_count(thin, "thin", minimum=1)
+    check_every = _check_count(check_every, "check_every", minimum=1)
+    if burn_in > num_steps:
+        raise ValueError(f"burn_in ({burn_in}) must not exceed num_steps ({num_steps}).")
+    check = _finite_positions(desc) if check is None else check
+    trajectory = [_positions(state).clone()] if return_trajectory and burn_in == 0 else []
+    steps = range(1, num_steps + 1)
+    if progress:
+        steps = _progress(steps, desc=desc, total=num_steps)
+    last_check = 0
+    for k in steps:
+        state = step(state, k)
+        if k % check_every == 0 or k == num_steps:
+            check(state, last_check + 1, k)
+            last_check = k
+        if return_trajectory and k >= burn_in and (k - burn_in) % thin == 0:
+            trajectory.append(_positions(state).clone())
+    if return_trajectory:
+        return state, torch.stack(trajectory)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernels: one step of each sampler
+# ----------------------------------------------------------------------------------------------
+
+
+def euler_maruyama_step(x, grad_U, step_size, temperature=1.0, generator=None):
+    r"""One Euler-Maruyama step of the overdamped Langevin diffusion, for every particle (row of ``x``).
+
+    .. math::
+
+        x \leftarrow x - h\,\nabla U(x) + \sqrt{2 h T}\;\xi, \qquad \xi \sim \mathcal N(0, I).
+
+    Args:
+        x: particles ``(num_particles, dim)``; not modified.
+        grad_U: ``x -> grad U(x)``, same shape.
+        step_size: :math:`h > 0`; temperature: :math:`T \ge 0` (``0`` is gradient descent).
+        generator: the ``torch.Generator`` that draws :math:`\xi`.
+
+    Returns:
+        The particles after the step (a new tensor).
+    """
+    x = torch.add(x, grad_U(x), alpha=-step_size)  # x - h grad U(x)
+    if temperature > 0:
+        xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x.add_(xi, alpha=math.sqrt(2.0 * temperature * step_size))  # + sqrt(2 h T) xi
+    return x
+
+
+def mala_step(x, u, grad_u, value_and_grad, step_size, temperature=1.0, generator=None):
+    r"""One Metropolis-adjusted Langevin step: an Euler-Maruyama proposal and its accept/reject test.
+
+    .. math::
+
+        y = x - h\nabla U(x) + \sqrt{2Th}\,\xi, \qquad
+        \log\alpha = -\frac{U(y) - U(x)}{T}
+        - \frac{\lVert x - y + h\nabla U(y)\rVert^2 - \lVert y - x + h\nabla U(x)\rVert^2}{4Th},
+
+    and each chain moves to :math:`y` when :math:`\log v < \log\alpha`, :math:`v \sim \mathcal U(0, 1)`.
+
+    Args:
+        x, u, grad_u: the particles ``(num_particles, dim)``, :math:`U(x)` ``(num_particles,)`` and
+            :math:`\nabla U(x)`.
+        value_and_grad: ``y -> (U(y), grad U(y))``.
+        step_size: :math:`h > 0`; temperature: :math:`T > 0`.
+        generator: the ``torch.Generator`` that draws :math:`\xi` and :math:`v`.
+
+    Returns:
+        ``(x, u, grad_u, accepted)``: the new state and a boolean tensor of the accepted proposals.
+    """
+    noise = math.sqrt(2.0 * temperature * step_size) * torch.randn(
+        x.shape, generator=generator, dtype=x.dtype, device=x.device)  # sqrt(2Th) xi
+    y = x - step_size * grad_u + noise
+    u_y, grad_y = value_and_grad(y)
+    forward = noise.pow(2).sum(1)  # ||y - x + h grad U(x)||^2
+    backward = (x - y + step_size * grad_y).pow(2).sum(1)  # ||x - y + h grad U(y)||^2
+    log_alpha = -(u_y - u) / temperature - (backward - forward) / (4 * temperature * step_size)
+    v = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    accept = torch.log(v) < log_alpha  # U(y) = +inf gives log_alpha = -inf: rejected
+    x = torch.where(accept[:, None], y, x)
+    u = torch.where(accept, u_y, u)
+    grad_u = torch.where(accept[:, None], grad_y, grad_u)
+    return x, u, grad_u, accept
+
+
+def hmc_step(x, u, grad_u, value_and_grad, step_size, num_leapfrog, generator=None):
+    r"""One Hamiltonian Monte Carlo transition :cite:p:`neal2011hmc`: momentum, leapfrog, accept/reject.
+
+    With :math:`H(x, p) = U(x) + \tfrac12\lVert p\rVert^2`: draw :math:`p \sim \mathcal N(0, I)`, run
+    ``num_leapfrog`` leapfrog steps
+
+    .. math::
+
+        p \leftarrow p - \tfrac\epsilon2\nabla U(q), \quad q \leftarrow q + \epsilon p, \quad
+        p \leftarrow p - \tfrac\epsilon2\nabla U(q),
+
+    from :math:`(q, p) = (x, p)`, and move to :math:`q` with probability :math:`\alpha = \min(1, e^{H_0 - H_1})`
+    (a NaN energy is rejected).
+
+    Args:
+        x, u, grad_u: the chains ``(num_chains, dim)``, :math:`U(x)` and :math:`\nabla U(x)`.
+        value_and_grad: ``q -> (U(q), grad U(q))``.
+        step_size: :math:`\epsilon`, one per chain, shape ``(num_chains,)``.
+        num_leapfrog: leapfrog steps :math:`L \ge 1`.
+        generator: the ``torch.Generator`` for the momentum and the test.
+
+    Returns:
+        ``(x, u, grad_u, accepted, alpha)``: the new state, the accepted chains and :math:`\alpha`.
+    """
+    eps = step_size.unsqueeze(1)
+    p = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    h0 = u + 0.5 * p.pow(2).sum(-1)
+    q, grad_q = x, grad_u
+    p = p - 0.5 * eps * grad_q  # half step in p
+    for k in range(num_leapfrog):
+        q = q + eps * p  # full step in q
+        u_q, grad_q = value_and_grad(q)
+        if k < num_leapfrog - 1:
+            p = p - eps * grad_q  # two half steps in p merged
+    p = p - 0.5 * eps * grad_q  # last half step in p
+    h1 = u_q + 0.5 * p.pow(2).sum(-1)
+    log_alpha = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
+    accept = torch.rand(x.shape[0], device=x.device, dtype=x.dtype, generator=generator).log() < log_alpha
+    x = torch.where(accept.unsqueeze(1), q, x)
+    u = torch.where(accept, u_q, u)
+    grad_u = torch.where(accept.unsqueeze(1), grad_q, grad_u)
+    return x, u, grad_u, accept, log_alpha.exp()
 
 
 def euler_maruyama(
@@ -701,30 +916,26 @@ def euler_maruyama(
     thin = _check_thin(thin, return_trajectory)
     _check_generator(generator, x0)
 
-    x = x0.detach().clone()
-    noise_scale = math.sqrt(2.0 * temperature * step_size)
-    noise = torch.empty_like(x)
-    trajectory = [x.clone()] if return_trajectory else None
-    # The particles are checked every _NONFINITE_CHECK_EVERY steps (one host sync each); a failure is
-    # then replayed from the last checkpoint with the same noise to find the step and its cause.
-    rng = _noise_generator(generator, x) if noise_scale > 0 else None
-    checkpoint = _Checkpoint(0, x, rng) if num_steps > 0 else None
-    for step in range(1, num_steps + 1):
-        g = _checked_grad(grad_fn, x) if step == 1 else grad_fn(x)
-        x.add_(g, alpha=-step_size)
-        if noise_scale > 0:
-            noise.normal_(generator=generator)
-            x.add_(noise, alpha=noise_scale)
-        if step % _NONFINITE_CHECK_EVERY == 0 or step == num_steps:
-            if not torch.isfinite(x).all():
-                found = _replay_euler_maruyama(grad_fn, checkpoint, step, step_size, noise_scale, generator, rng)
-                raise _nonfinite_error("euler_maruyama", checkpoint.step + 1, step, step_size, found, x0)
-            checkpoint = _Checkpoint(step, x, rng)
-        if return_trajectory and step % thin == 0:
-            trajectory.append(x.clone())
-    if return_trajectory:
-        return x, torch.stack(trajectory)
-    return x
+    def checked_grad(x):  # the first step checks the shape of grad_U(x)
+        return _checked_grad(grad_fn, x)
+
+    def step(x, k):
+        return euler_maruyama_step(x, checked_grad if k == 1 else grad_fn, step_size, temperature, generator)
+
+    # A failure found at a check is replayed from the previous check with the same noise, to name the
+    # step and its cause; a checkpoint keeps the particles and the generator's state there.
+    rng = _noise_generator(generator, x0) if temperature > 0 else None
+    checkpoint = _Checkpoint(0, x0.detach(), rng)
+
+    def check(x, first, last):
+        nonlocal checkpoint
+        if not bool(torch.isfinite(x).all()):
+            found = _replay_euler_maruyama(grad_fn, checkpoint, last, step_size, temperature, generator, rng)
+            raise _nonfinite_error("euler_maruyama", first, last, step_size, found, x0)
+        checkpoint = _Checkpoint(last, x, rng)
+
+    return run_chains(step, x0.detach().clone(), num_steps, thin=thin, return_trajectory=return_trajectory,
+                      check=check, desc="euler_maruyama")
 
 
 def _value_and_grad(U, grad_U):
@@ -739,15 +950,20 @@ def _value_and_grad(U, grad_U):
         if not callable(grad_U):
             raise TypeError(f"grad_U must be callable, got {type(grad_U).__name__}.")
         return lambda x: (U(x), grad_U(x))
+    return _autograd_value_and_grad(U)
 
-    def autograd_value_and_grad(x):
+
+def _autograd_value_and_grad(U):
+    """Return f(x) -> (U(x), grad U(x)), the gradient by autograd."""
+
+    def value_and_grad(x):
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             u = U(xr)
             (g,) = torch.autograd.grad(u.sum(), xr)
         return u.detach(), g
 
-    return autograd_value_and_grad
+    return value_and_grad
 
 
 def _tally_bad_proposals(y: torch.Tensor, uy: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> None:
@@ -858,41 +1074,109 @@ def mala(
         raise ValueError(f"grad_U(x) must return the particles' shape {tuple(x.shape)}.")
     if not (torch.isfinite(u).all() and torch.isfinite(g).all()):
         raise FloatingPointError("mala: U or its gradient is not finite at the initial particles x0.")
-    u, g = u.detach(), g.detach()
-    noise_scale = math.sqrt(2.0 * temperature * step_size)
     accepted = torch.zeros((), dtype=torch.float64, device=x.device)
-    noise = torch.empty_like(x)
-    uniform = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    trajectory = [x.clone()] if return_trajectory else None
-    tally = torch.zeros(_NONFINITE_CHECK_EVERY, 2, dtype=torch.int64, device=x.device)  # broken proposals per step
-    last_check = 0
-    for step in range(1, num_steps + 1):
-        noise.normal_(generator=generator)
-        y = x - step_size * g + noise_scale * noise
-        uy, gy = value_and_grad(y)
-        uy, gy = uy.detach(), gy.detach()
-        _tally_bad_proposals(y, uy, gy, tally[step - last_check - 1])
-        # log q(x | y) - log q(y | x), with 4 T h = 2 * (2 T h) the Gaussian's 2 * variance
-        forward = (noise_scale * noise).pow(2).sum(1)
-        backward = (x - y + step_size * gy).pow(2).sum(1)
-        log_alpha = -(uy - u) / temperature - (backward - forward) / (4 * temperature * step_size)
-        uniform.uniform_(generator=generator)
-        # U(y) = +inf gives log_alpha = -inf: the proposal is rejected (a NaN U(y) or gradient is tallied above)
-        accept = torch.log(uniform) < log_alpha
-        x = torch.where(accept[:, None], y, x)
-        u = torch.where(accept, uy, u)
-        g = torch.where(accept[:, None], gy, g)
+    # broken proposals (U NaN or -inf, or a non-finite gradient where U is finite), one row per step,
+    # counted without a host sync and read at each check
+    tally = torch.zeros(_NONFINITE_CHECK_EVERY, 2, dtype=torch.int64, device=x.device)
+
+    def step(state, k):
+        nonlocal accepted
+
+        def tallied(y):
+            u_y, grad_y = value_and_grad(y)
+            u_y, grad_y = u_y.detach(), grad_y.detach()
+            _tally_bad_proposals(y, u_y, grad_y, tally[(k - 1) % _NONFINITE_CHECK_EVERY])
+            return u_y, grad_y
+
+        *state, accept = mala_step(*state, tallied, step_size, temperature, generator)
         accepted += accept.sum()
-        if return_trajectory and step % thin == 0:
-            trajectory.append(x.clone())
-        if step % _NONFINITE_CHECK_EVERY == 0 or step == num_steps:
-            _check_proposals(tally[: step - last_check], last_check + 1, x.shape[0])
-            tally.zero_()
-            last_check = step
+        return tuple(state)
+
+    def check(state, first, last):
+        _check_proposals(tally[: last - first + 1], first, x.shape[0])
+        tally.zero_()
+
+    out = run_chains(step, (x, u.detach(), g.detach()), num_steps, thin=thin, return_trajectory=return_trajectory,
+                     check=check, desc="mala")
     rate = accepted.item() / (x.shape[0] * num_steps) if num_steps > 0 else float("nan")
     if return_trajectory:
-        return x, rate, torch.stack(trajectory)
-    return x, rate
+        (x, _, _), trajectory = out
+        return x, rate, trajectory
+    return out[0], rate
+
+
+def hmc(
+    U: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    step_size: float,
+    num_leapfrog: int,
+    num_samples: int,
+    burn_in: int = 0,
+    thin: int = 1,
+    target_accept: float = 0.8,
+    generator: torch.Generator | None = None,
+    show_progress: bool = True,
+) -> tuple[torch.Tensor, float]:
+    r"""Hamiltonian Monte Carlo :cite:p:`neal2011hmc` for many independent chains at once (chapter 6).
+
+    Each transition is :func:`hmc_step`: it draws :math:`p \sim \mathcal N(0, I)`, runs ``num_leapfrog``
+    leapfrog steps of the Hamiltonian :math:`H = U(\theta) + \tfrac12\lVert p\rVert^2` and accepts with
+    probability :math:`\min(1, e^{H_0 - H_1})`, so the chains leave :math:`e^{-U}` exactly invariant (no
+    discretisation bias; the potential follows the conventions page). During ``burn_in`` each
+    chain's step size adapts by Robbins-Monro on the log scale toward ``target_accept``
+    (:math:`\log\epsilon \leftarrow \log\epsilon + (\alpha - \alpha^*)/\sqrt{t + 1}`); after it,
+    step sizes are fixed and jittered by ±10 % per transition to avoid periodic orbits. The loop is
+    :func:`run_chains`.
+
+    Args:
+        U: batched potential ``(C, P) -> (C,)`` (chains are independent); its gradient is taken by autograd.
+        x0: initial states ``(C, P)``.
+        step_size: initial leapfrog step size.
+        num_leapfrog: leapfrog steps per transition.
+        num_samples: transitions kept per chain after the burn-in (before thinning).
+        burn_in: adaptation transitions, discarded.
+        thin: keep every ``thin``-th transition.
+        target_accept: acceptance rate the burn-in aims at.
+        generator: ``torch.Generator`` for momenta, jitter and acceptance.
+        show_progress: a tqdm bar (``bdk.progress``).
+
+    Returns:
+        ``(samples, acceptance_rate)``: samples ``(num_samples // thin, C, P)`` and the mean acceptance
+        probability after the burn-in.
+
+    Raises:
+        ValueError: for a non-positive step size or counts that do not make sense.
+        FloatingPointError: if the chains become non-finite (checked every 100 transitions; a proposal
+            with a NaN energy is rejected, so only a non-finite ``x0`` or ``U`` leads there).
+    """
+    if step_size <= 0 or num_leapfrog < 1 or num_samples < 1 or burn_in < 0 or thin < 1:
+        raise ValueError("hmc needs step_size > 0, num_leapfrog >= 1, num_samples >= 1, burn_in >= 0 and thin >= 1.")
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must be (num_chains, dim), got {tuple(x0.shape)}.")
+    device, dtype = x0.device, x0.dtype
+    C = x0.shape[0]
+    value_and_grad = _autograd_value_and_grad(U)
+    theta = x0.detach().clone()
+    u, g = value_and_grad(theta)
+    log_eps = torch.full((C,), math.log(step_size), device=device, dtype=dtype)
+    accept_sum, accept_n = 0.0, 0
+
+    def transition(state, k):
+        nonlocal log_eps, accept_sum, accept_n
+        eps = log_eps.exp()
+        if k > burn_in:  # after the burn-in: jitter by +-10 %
+            eps = eps * (1 + 0.1 * (2 * torch.rand(C, device=device, dtype=dtype, generator=generator) - 1))
+        *state, _, alpha = hmc_step(*state, value_and_grad, eps, num_leapfrog, generator)
+        if k <= burn_in:  # Robbins-Monro on log eps toward target_accept
+            log_eps = log_eps + (alpha - target_accept) / math.sqrt(float(k))
+        else:
+            accept_sum += float(alpha.mean())
+            accept_n += 1
+        return tuple(state)
+
+    _, trajectory = run_chains(transition, (theta, u, g), burn_in + num_samples, burn_in=burn_in, thin=thin,
+                               return_trajectory=True, progress=show_progress, desc="hmc")
+    return trajectory[1:], accept_sum / max(accept_n, 1)
 
 
 # ----------------------------------------------------------------------------------------------

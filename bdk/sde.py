@@ -18,7 +18,8 @@ exact: the SDE's stationary covariance solves the continuous Lyapunov equation
 
 This module holds the closed forms (:func:`sgd_temperature`, :func:`sgd_stationary_variance`,
 :func:`sde_stationary_variance`, :func:`stationary_covariance`), SGD with additive Gaussian gradient
-noise on many chains at once (:func:`noisy_sgd`), and minibatch SGD on least squares
+noise on many chains at once (the kernel :func:`noisy_sgd_step`, run by ``bdk.langevin.run_chains`` in
+:func:`noisy_sgd`), and minibatch SGD on least squares
 (:func:`minibatch_sgd_least_squares`) with its gradient-noise covariance
 (:func:`least_squares_gradient_noise_covariance`) and the exact stationary covariance of the minibatch
 iteration (:func:`least_squares_sgd_stationary_covariance`).
@@ -31,13 +32,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .langevin import _check_count, _check_generator, _check_particles, _check_positive, _check_thin
+from .langevin import _check_count, _check_generator, _check_particles, _check_positive, _check_thin, run_chains
 
 __all__ = [
     "sgd_temperature",
     "sgd_stationary_variance",
     "sde_stationary_variance",
     "stationary_covariance",
+    "noisy_sgd_step",
     "noisy_sgd",
     "least_squares_gradient_noise_covariance",
     "minibatch_sgd_least_squares",
@@ -186,6 +188,34 @@ def stationary_covariance(hessian, noise_cov, lr, method: str = "discrete") -> n
     return 0.5 * (s + s.T)
 
 
+def noisy_sgd_step(theta, grad_L, lr, noise_std=None, noise_chol=None, generator=None):
+    r"""One step of SGD with additive Gaussian gradient noise, for every chain (row of ``theta``).
+
+    .. math::
+
+        \theta \leftarrow \theta - \eta \odot \big(\nabla L(\theta) + \varepsilon\big), \qquad
+        \varepsilon = \sigma \odot \xi \ \text{ or }\ \varepsilon = A\xi \ (AA^\top = C), \qquad \xi \sim \mathcal N(0, I).
+
+    Args:
+        theta: the chains ``(num_chains, dim)``; not modified.
+        grad_L: ``theta -> grad L(theta)``, same shape.
+        lr: :math:`\eta`, a number or per-parameter rates ``(dim,)`` (a tensor).
+        noise_std: :math:`\sigma`, a number or a tensor ``(dim,)``; or, instead,
+        noise_chol: the Cholesky factor :math:`A` of a full noise covariance :math:`C`, ``(dim, dim)``.
+        generator: the ``torch.Generator`` that draws :math:`\xi`.
+
+    Returns:
+        The chains after the step (a new tensor).
+    """
+    g = grad_L(theta)
+    xi = torch.randn(theta.shape, generator=generator, dtype=theta.dtype, device=theta.device)
+    eps = xi.mul_(noise_std) if noise_chol is None else xi @ noise_chol.T  # the gradient noise
+    update = eps.add_(g)  # grad L(theta) + eps
+    if not torch.is_tensor(lr) or lr.dim() == 0:
+        return torch.add(theta, update, alpha=-float(lr))  # theta - eta (grad L + eps)
+    return torch.addcmul(theta, update, lr, value=-1.0)  # per-parameter eta
+
+
 def noisy_sgd(
     grad_L: Callable[[torch.Tensor], torch.Tensor],
     theta0: torch.Tensor,
@@ -253,33 +283,24 @@ def noisy_sgd(
         except np.linalg.LinAlgError as err:
             raise ValueError("noise_cov must be positive definite.") from err
         std = None
-    theta = theta0.detach().clone()
-    noise = torch.empty_like(theta)
-    trajectory = [theta.clone()] if return_trajectory else None
-    last_check = 0
-    for step in range(1, num_steps + 1):
+    def checked_grad(theta):  # the first step checks the shape of grad_L(theta)
         g = grad_L(theta)
-        if step == 1 and (not isinstance(g, torch.Tensor) or g.shape != theta.shape):
+        if not isinstance(g, torch.Tensor) or g.shape != theta.shape:
             raise ValueError(f"grad_L must return a tensor of shape {tuple(theta.shape)}.")
-        noise.normal_(generator=generator)
-        update = noise.mul_(std) if chol is None else noise @ chol.T  # the gradient noise eps_k
-        update.add_(g)  # grad L + eps_k
-        if lr_t.dim() == 0:
-            theta.add_(update, alpha=-float(lr_t))
-        else:
-            theta.addcmul_(update, lr_t, value=-1.0)
-        if step % 100 == 0 or step == num_steps:
-            if not torch.isfinite(theta).all():
-                raise FloatingPointError(
-                    f"noisy_sgd: the iterates became NaN or infinite between step {last_check + 1} and {step}; "
-                    "the learning rate is too large (lr * curvature must stay below 2)."
-                )
-            last_check = step
-        if return_trajectory and step % thin == 0:
-            trajectory.append(theta.clone())
-    if return_trajectory:
-        return theta, torch.stack(trajectory)
-    return theta
+        return g
+
+    def step(theta, k):
+        return noisy_sgd_step(theta, checked_grad if k == 1 else grad_L, lr_t, std, chol, generator)
+
+    def check(theta, first, last):
+        if not bool(torch.isfinite(theta).all()):
+            raise FloatingPointError(
+                f"noisy_sgd: the iterates became NaN or infinite between step {first} and {last}; "
+                "the learning rate is too large (lr * curvature must stay below 2)."
+            )
+
+    return run_chains(step, theta0.detach().clone(), num_steps, thin=thin, return_trajectory=return_trajectory,
+                      check=check, desc="noisy_sgd")
 
 
 def _check_regression(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -361,26 +382,22 @@ def minibatch_sgd_least_squares(
     thin = _check_thin(thin, return_trajectory)
     _check_generator(generator, w0)
     num_chains, n = w0.shape[0], x.shape[0]
-    w = w0.detach().clone()
-    trajectory = [w.clone()] if return_trajectory else None
-    last_check = 0
-    for step in range(1, num_steps + 1):
+
+    def step(w, k):
         idx = torch.randint(n, (num_chains, batch_size), generator=generator, device=x.device)
         xb, yb = x[idx], y[idx]  # (chains, B, d), (chains, B)
         residual = torch.einsum("cbd,cd->cb", xb, w) - yb
-        w = w - (lr / batch_size) * torch.einsum("cbd,cb->cd", xb, residual)
-        if step % 100 == 0 or step == num_steps:
-            if not torch.isfinite(w).all():
-                raise FloatingPointError(
-                    f"minibatch_sgd_least_squares: the iterates became NaN or infinite between step "
-                    f"{last_check + 1} and {step}; reduce lr (it must stay below 2 / the largest Hessian eigenvalue)."
-                )
-            last_check = step
-        if return_trajectory and step % thin == 0:
-            trajectory.append(w.clone())
-    if return_trajectory:
-        return w, torch.stack(trajectory)
-    return w
+        return w - (lr / batch_size) * torch.einsum("cbd,cb->cd", xb, residual)
+
+    def check(w, first, last):
+        if not bool(torch.isfinite(w).all()):
+            raise FloatingPointError(
+                f"minibatch_sgd_least_squares: the iterates became NaN or infinite between step "
+                f"{first} and {last}; reduce lr (it must stay below 2 / the largest Hessian eigenvalue)."
+            )
+
+    return run_chains(step, w0.detach().clone(), num_steps, thin=thin, return_trajectory=return_trajectory,
+                      check=check, desc="minibatch_sgd_least_squares")
 
 
 def least_squares_sgd_stationary_covariance(x: torch.Tensor, y: torch.Tensor, lr: float, batch_size: int) -> np.ndarray:

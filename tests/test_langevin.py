@@ -526,3 +526,189 @@ def test_animate_relaxation_html_image_has_the_first_frame_as_source():
     tag = re.search(r"<img id=\"_anim_img[0-9a-f]+\"[^>]*>", html).group(0)
     first = re.search(r'frames\[0\] = "(data:image/png;base64,[^"]*)"', html).group(1)
     assert f'src="{first}"' in tag
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels and the chain driver
+# ---------------------------------------------------------------------------------------------
+# The samplers are kernels run by run_chains. The references below are frozen, independent copies of
+# the loops the samplers had before they were built that way (the recorded experiments depend on
+# their numbers): same operations, same random draws in the same order, so the results are equal bit
+# for bit.
+
+
+def _reference_euler_maruyama(grad_U, x0, h, num_steps, T, g):
+    x = x0.clone()
+    noise = torch.empty_like(x)
+    for _ in range(num_steps):
+        x.add_(grad_U(x), alpha=-h)
+        if T > 0:
+            noise.normal_(generator=g)
+            x.add_(noise, alpha=math.sqrt(2.0 * T * h))
+    return x
+
+
+def _reference_mala(pot, x0, h, num_steps, T, g):
+    x = x0.clone()
+    u, grad = pot.U(x), pot.grad_U(x)
+    s = math.sqrt(2.0 * T * h)
+    noise, uniform = torch.empty_like(x), torch.empty(x.shape[0], dtype=x.dtype)
+    accepted = torch.zeros((), dtype=torch.float64)
+    for _ in range(num_steps):
+        noise.normal_(generator=g)
+        y = x - h * grad + s * noise
+        uy, gy = pot.U(y), pot.grad_U(y)
+        log_alpha = -(uy - u) / T - ((x - y + h * gy).pow(2).sum(1) - (s * noise).pow(2).sum(1)) / (4 * T * h)
+        uniform.uniform_(generator=g)
+        accept = torch.log(uniform) < log_alpha
+        x, u, grad = torch.where(accept[:, None], y, x), torch.where(accept, uy, u), torch.where(accept[:, None], gy, grad)
+        accepted += accept.sum()
+    return x, accepted.item() / (x.shape[0] * num_steps)
+
+
+def _reference_hmc(U, x0, step_size, num_leapfrog, num_samples, burn_in, thin, target_accept, g):
+    def grad_U(theta):
+        with torch.enable_grad():
+            theta = theta.detach().requires_grad_(True)
+            u = U(theta)
+            (gr,) = torch.autograd.grad(u.sum(), theta)
+        return u.detach(), gr
+
+    C = x0.shape[0]
+    theta = x0.clone()
+    u, gr = grad_U(theta)
+    log_eps = torch.full((C,), math.log(step_size), dtype=x0.dtype)
+    kept, accept_sum, accept_n = [], 0.0, 0
+    for it in range(burn_in + num_samples):
+        eps = log_eps.exp()
+        if it >= burn_in:
+            eps = eps * (1 + 0.1 * (2 * torch.rand(C, dtype=x0.dtype, generator=g) - 1))
+        e = eps.unsqueeze(1)
+        p = torch.randn(theta.shape, dtype=x0.dtype, generator=g)
+        h0 = u + 0.5 * p.pow(2).sum(-1)
+        q, gq = theta, gr
+        p = p - 0.5 * e * gq
+        for k in range(num_leapfrog):
+            q = q + e * p
+            uq, gq = grad_U(q)
+            if k < num_leapfrog - 1:
+                p = p - e * gq
+        p = p - 0.5 * e * gq
+        log_alpha = torch.nan_to_num(h0 - (uq + 0.5 * p.pow(2).sum(-1)), nan=-math.inf).clamp(max=0.0)
+        accept = torch.rand(C, dtype=x0.dtype, generator=g).log() < log_alpha
+        theta = torch.where(accept.unsqueeze(1), q, theta)
+        u = torch.where(accept, uq, u)
+        gr = torch.where(accept.unsqueeze(1), gq, gr)
+        alpha = log_alpha.exp()
+        if it < burn_in:
+            log_eps = log_eps + (alpha - target_accept) / math.sqrt(it + 1.0)
+        else:
+            accept_sum += float(alpha.mean())
+            accept_n += 1
+            if (it - burn_in + 1) % thin == 0:
+                kept.append(theta.clone())
+    return torch.stack(kept), accept_sum / max(accept_n, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("temperature", [1.0, 0.3, 0.0])
+def test_euler_maruyama_equals_the_reference_loop_bit_for_bit(dtype, temperature):
+    x0 = torch.randn(300, 2, generator=gen(0), dtype=dtype)
+    pot = POTENTIALS["banana"]
+    got = L.euler_maruyama(pot, x0, 0.02, 250, temperature, gen(1))
+    assert torch.equal(got, _reference_euler_maruyama(pot.grad_U, x0, 0.02, 250, temperature, gen(1)))
+
+
+@pytest.mark.parametrize("name", ["double_well", "mixture", "banana"])
+def test_mala_equals_the_reference_loop_bit_for_bit(name):
+    pot = POTENTIALS[name]
+    x0 = torch.randn(200, pot.dim, generator=gen(2), dtype=torch.float64)
+    x, rate = L.mala(pot, x0, 0.3, 230, gen(3), temperature=0.7)
+    x_ref, rate_ref = _reference_mala(pot, x0, 0.3, 230, 0.7, gen(3))
+    assert torch.equal(x, x_ref) and rate == rate_ref
+
+
+@pytest.mark.parametrize("burn_in, thin", [(0, 1), (30, 1), (25, 4)])
+def test_hmc_equals_the_reference_loop_bit_for_bit(burn_in, thin):
+    pot = POTENTIALS["banana"]
+    x0 = torch.randn(64, 2, generator=gen(4), dtype=torch.float64)
+    samples, acc = L.hmc(pot.U, x0, 0.3, 7, 40, burn_in=burn_in, thin=thin, generator=gen(5), show_progress=False)
+    ref, acc_ref = _reference_hmc(pot.U, x0, 0.3, 7, 40, burn_in, thin, 0.8, gen(5))
+    assert samples.shape == (40 // thin, 64, 2)
+    assert torch.equal(samples, ref) and acc == acc_ref
+
+
+def test_kernels_step_by_step_equal_the_samplers():
+    pot = POTENTIALS["mixture"]
+    x0 = torch.randn(100, 2, generator=gen(6))
+    g = gen(7)
+    x = x0.clone()
+    for _ in range(40):
+        x = L.euler_maruyama_step(x, pot.grad_U, 0.05, 0.5, g)
+    assert torch.equal(x, L.euler_maruyama(pot, x0, 0.05, 40, 0.5, gen(7)))
+    g = gen(8)
+    x, u, grad, accepted = x0.clone(), pot.U(x0), pot.grad_U(x0), 0
+    for _ in range(40):
+        x, u, grad, accept = L.mala_step(x, u, grad, lambda y: (pot.U(y), pot.grad_U(y)), 0.2, 1.0, g)
+        accepted += int(accept.sum())
+    x_mala, rate = L.mala(pot, x0, 0.2, 40, gen(8))
+    assert torch.equal(x, x_mala) and rate == accepted / (100 * 40)
+
+
+def test_hmc_step_keeps_a_gaussian_and_accepts_exactly_integrable_moves():
+    # U = |x|^2 / 2: the leapfrog energy error is O(eps^2), so at eps = 1e-3 every alpha is 1 to about
+    # 1e-6; the returned U and grad U belong to the returned state; a rejected chain keeps its state.
+    x = torch.randn(500, 3, generator=gen(9), dtype=torch.float64)
+    value_and_grad = lambda q: (0.5 * q.pow(2).sum(1), q)  # noqa: E731
+    u, grad = value_and_grad(x)
+    eps = torch.full((500,), 1e-3, dtype=torch.float64)
+    x1, u1, g1, accept, alpha = L.hmc_step(x, u, grad, value_and_grad, eps, 5, gen(10))
+    assert alpha.min() > 0.999 and accept.float().mean() > 0.99
+    assert torch.equal(u1, value_and_grad(x1)[0]) and torch.equal(g1, x1)
+    assert torch.equal(x1[~accept], x[~accept])
+
+
+def test_run_chains_burn_in_thinning_and_checks():
+    # a counter chain: the state after step k is k, so the trajectory shows which steps were kept
+    windows = []
+    step = lambda x, k: x + 1  # noqa: E731
+    final, traj = L.run_chains(step, torch.zeros(2, 1), 250, burn_in=20, thin=30, return_trajectory=True,
+                               check=lambda x, first, last: windows.append((first, last)))
+    assert final[0, 0] == 250
+    assert traj[:, 0, 0].tolist() == [20, 50, 80, 110, 140, 170, 200, 230]
+    assert windows == [(1, 100), (101, 200), (201, 250)]
+    _, traj = L.run_chains(step, torch.zeros(2, 1), 6, thin=2, return_trajectory=True)
+    assert traj[:, 0, 0].tolist() == [0, 2, 4, 6]
+    # a tuple state: the trajectory holds its first entry
+    _, traj = L.run_chains(lambda s, k: (s[0] + 1, s[1] * 2), (torch.zeros(1, 1), torch.ones(1)), 3,
+                           return_trajectory=True)
+    assert traj[:, 0, 0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="burn_in"):
+        L.run_chains(step, torch.zeros(2, 1), 5, burn_in=6)
+    bad = lambda x, k: x / 0 if k == 150 else x + 1  # noqa: E731
+    with pytest.raises(FloatingPointError, match="between step 101 and step 200"):
+        L.run_chains(bad, torch.ones(2, 1), 300, desc="counter")
+
+
+def test_hmc_refuses_a_non_finite_start():
+    x0 = torch.zeros(4, 2, dtype=torch.float64)
+    x0[1, 0] = math.nan
+    with pytest.raises(FloatingPointError, match="hmc: the chains became NaN or infinite"):
+        L.hmc(POTENTIALS["banana"].U, x0, 0.3, 3, 5, show_progress=False)
+
+
+def test_hmc_samples_a_gaussian():
+    # U = (x1 - 1)^2 / 2 + x2^2 / 8: N((1, 0), diag(1, 4)). 2,000 independent chains; the last state of
+    # each chain is one draw. SE of the mean: sqrt(1/2000) = 0.022 and sqrt(4/2000) = 0.045 (4 SE: 0.09, 0.18);
+    # SE of the variance: var * sqrt(2/2000) = 0.032 and 0.126 (4 SE: 0.13, 0.51).
+    g = gen(0)
+
+    def U(theta):
+        return 0.5 * (theta[:, 0] - 1) ** 2 + theta[:, 1] ** 2 / 8
+
+    x0 = 5 * torch.randn(2000, 2, generator=g, dtype=torch.float64)
+    samples, acc = L.hmc(U, x0, 0.5, 5, 30, burn_in=60, generator=g, show_progress=False)
+    last = samples[-1]
+    assert 0.6 < acc <= 1.0
+    assert abs(last[:, 0].mean().item() - 1) < 0.09 and abs(last[:, 1].mean().item()) < 0.18
+    assert abs(last[:, 0].var().item() - 1) < 0.13 and abs(last[:, 1].var().item() - 4) < 0.51

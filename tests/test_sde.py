@@ -216,3 +216,65 @@ def test_minibatch_sgd_covariance_is_the_exact_one_with_state_dependent_noise():
     # batches the fluctuating Hessian makes the second moment of SGD grow without bound
     with pytest.raises(ValueError, match="diverges"):
         sde.least_squares_sgd_stationary_covariance(x, y, 0.3, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernel and the driver
+# ---------------------------------------------------------------------------------------------
+# noisy_sgd is noisy_sgd_step run by bdk.langevin.run_chains. The reference is a frozen, independent
+# copy of the loop it had before (the recorded experiments depend on its numbers): equal bit for bit.
+
+
+def _reference_noisy_sgd(grad_L, theta0, lr, num_steps, std=None, chol=None, g=None):
+    theta = theta0.clone()
+    noise = torch.empty_like(theta)
+    for _ in range(num_steps):
+        grad = grad_L(theta)
+        noise.normal_(generator=g)
+        update = noise.mul_(std) if chol is None else noise @ chol.T
+        update.add_(grad)
+        if lr.dim() == 0:
+            theta.add_(update, alpha=-float(lr))
+        else:
+            theta.addcmul_(update, lr, value=-1.0)
+    return theta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_parameter", [False, True])
+@pytest.mark.parametrize("full_cov", [False, True])
+def test_noisy_sgd_equals_the_reference_loop_bit_for_bit(dtype, per_parameter, full_cov):
+    hess = torch.tensor(HESS, dtype=dtype)
+    grad_L = lambda theta: theta @ hess  # noqa: E731
+    theta0 = torch.randn(300, 2, generator=gen(0), dtype=dtype)
+    lr = [0.1, 0.05] if per_parameter else 0.1
+    cov = np.array([[1.0, 0.3], [0.3, 0.5]])
+    noise = dict(noise_cov=cov) if full_cov else dict(noise_std=STD)
+    got = sde.noisy_sgd(grad_L, theta0, lr, 250, generator=gen(1), **noise)
+    ref = _reference_noisy_sgd(
+        grad_L, theta0, torch.tensor(lr, dtype=dtype), 250,
+        std=None if full_cov else torch.tensor(STD, dtype=dtype),
+        chol=torch.tensor(np.linalg.cholesky(cov), dtype=dtype) if full_cov else None, g=gen(1))
+    assert torch.equal(got, ref)
+
+
+def test_noisy_sgd_step_in_a_loop_equals_noisy_sgd():
+    grad_L = lambda theta: 2.0 * theta  # noqa: E731
+    theta0 = torch.randn(100, 3, generator=gen(2))
+    g = gen(3)
+    theta = theta0.clone()
+    for _ in range(60):
+        theta = sde.noisy_sgd_step(theta, grad_L, 0.2, 0.7, generator=g)
+    assert torch.equal(theta, sde.noisy_sgd(grad_L, theta0, 0.2, 60, noise_std=0.7, generator=gen(3)))
+
+
+def test_minibatch_sgd_equals_the_reference_loop_bit_for_bit():
+    x = torch.randn(50, 3, generator=gen(4), dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64) + 0.1 * torch.randn(50, generator=gen(5), dtype=torch.float64)
+    w0 = torch.zeros(20, 3, dtype=torch.float64)
+    g, w = gen(6), w0.clone()
+    for _ in range(250):
+        idx = torch.randint(50, (20, 5), generator=g)
+        residual = torch.einsum("cbd,cd->cb", x[idx], w) - y[idx]
+        w = w - (0.05 / 5) * torch.einsum("cbd,cb->cd", x[idx], residual)
+    assert torch.equal(sde.minibatch_sgd_least_squares(x, y, w0, 0.05, 5, 250, gen(6)), w)
