@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .cache import progress as _progress
-from .langevin import _has_diverged
+from .langevin import _has_diverged, run_chains
 
 __all__ = [
     "sgld_step",
@@ -797,33 +797,30 @@ def sgld_sample(
         raise ValueError("theta0 contains NaN or infinite values.")
     if generator is not None and generator.device.type != theta0.device.type:
         raise ValueError(f"the generator lives on {generator.device} but theta0 on {theta0.device}.")
-    num_kept = (num_steps - burn_in) // thin
-    out = torch.empty((num_kept, *theta0.shape), dtype=theta0.dtype, device=theta0.device)
-    theta = theta0.detach().clone()
-    noise = torch.empty_like(theta)
-    kept = 0
-    steps: Iterable[int] = range(num_steps)
-    if progress:
-        steps = _progress(steps, desc="SGLD", total=num_steps)
-    for t in steps:
+    noise = torch.empty_like(theta0) if temperature > 0 else None
+
+    def step(theta: torch.Tensor, k: int) -> torch.Tensor:  # step k = 1, 2, ... of the chain
+        t = k - 1
         lr_t = float(lr(t)) if callable(lr) else lr
         if not (lr_t > 0 and math.isfinite(lr_t)):
-            raise ValueError(f"sgld_sample step {t + 1}: lr_t must be a positive finite number, got {lr_t!r}.")
+            raise ValueError(f"sgld_sample step {k}: lr_t must be a positive finite number, got {lr_t!r}.")
         g = grad_U(theta, t)
         if g.shape != theta.shape:
             raise ValueError(f"grad_U returned shape {tuple(g.shape)} for theta of shape {tuple(theta.shape)}.")
         # one host sync per step: the gradient, and theta as the previous step left it
         if not bool(torch.isfinite(g).all() & torch.isfinite(theta).all()):
             raise _sgld_sample_error(t, g, theta, theta0)
-        theta.add_(g, alpha=-0.5 * lr_t)
-        if temperature > 0:
-            theta.add_(noise.normal_(0.0, math.sqrt(lr_t * temperature), generator=generator))
-        if t + 1 > burn_in and (t + 1 - burn_in) % thin == 0 and kept < num_kept:
-            out[kept] = theta
-            kept += 1
-    if not bool(torch.isfinite(theta).all()):
-        raise _sgld_sample_error(num_steps, None, theta, theta0)
-    return out
+        xi = None if noise is None else noise.normal_(generator=generator)
+        sgld_step([theta], [g], lr_t, temperature, [xi])
+        return theta
+
+    def check(theta: torch.Tensor, first: int, last: int) -> None:  # the steps check their gradients; the end its chains
+        if last == num_steps and not bool(torch.isfinite(theta).all()):
+            raise _sgld_sample_error(num_steps, None, theta, theta0)
+
+    _, kept = run_chains(step, theta0.detach().clone(), num_steps, burn_in=burn_in, thin=thin,
+                         return_trajectory=True, check=check, check_every=num_steps, progress=progress, desc="SGLD")
+    return kept[1:]  # the states after steps burn_in + thin, burn_in + 2 thin, ...
 
 
 def _sgld_sample_error(t: int, g: torch.Tensor | None, theta: torch.Tensor, theta0: torch.Tensor) -> FloatingPointError:

@@ -999,3 +999,23 @@ def test_sgld_at_temperature_zero_is_sgd_at_half_the_rate():
         sgd.step()
     for p, q in zip(a, b):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
+
+
+def test_sgld_sample_is_the_kernel_on_the_chain_driver():
+    """sgld_sample against a plain loop of sgld_step with the same per-step draws (one normal_ of the
+    whole (C, d) state per step): the kept states are identical, and they are the states after steps
+    burn_in + thin, burn_in + 2 thin, ..."""
+    from bdk.samplers import sgld_step
+
+    theta0 = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    lr = lambda t: 0.1 / (1 + t)  # noqa: E731
+    grad = lambda th, t: th * (1 + 0.1 * t)  # noqa: E731
+    kept = sgld_sample(grad, theta0, lr, 20, temperature=0.5, burn_in=4, thin=3,
+                       generator=torch.Generator().manual_seed(9))
+    gen, theta, expected = torch.Generator().manual_seed(9), theta0.clone(), []
+    for t in range(20):
+        sgld_step([theta], [grad(theta, t)], lr(t), 0.5, [torch.empty_like(theta).normal_(generator=gen)])
+        if t + 1 > 4 and (t + 1 - 4) % 3 == 0:
+            expected.append(theta.clone())
+    assert kept.shape == (5, 5, 3)
+    assert torch.equal(kept, torch.stack(expected))
