@@ -12,13 +12,26 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import hashlib
 import json
-import math
 import os
 import sys
-import time
 from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+import torch.distributed as dist
+
+from . import _runtime
+from .cache import CacheNotWritable, cache_dir, check_writable
+from .config import to_jsonable, validate
+from .data import DataMissing, load_mnist
+from .experiments import bench, registry
+from .provenance import describe_path_in_repo, record_path, write_record
+from .timing import Stopwatch
 
 __all__ = ["main", "to_jsonable", "UsageError"]
 
@@ -34,51 +47,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def to_jsonable(obj):
-    """Convert results (tensors, arrays, dataclasses, numbers) to JSON-serialisable values.
-
-    A plain object becomes its class name and its attributes; a non-finite float its ``repr``
-    (``"nan"``, ``"inf"``). Nothing is written as a ``repr`` that holds a memory address.
-
-    Raises:
-        TypeError: for a value with no JSON form (a function, a generator, ...).
-    """
-    import numpy as np
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().numpy())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if hasattr(obj, "__dict__") and not callable(obj):  # a plain object (a potential, say): its class and data
-        return {"__class__": f"{type(obj).__module__}.{type(obj).__qualname__}", **to_jsonable(vars(obj))}
-    raise TypeError(f"results hold a {type(obj).__module__}.{type(obj).__qualname__}, which has no JSON form "
-                    "(its repr would carry a memory address); return numbers, arrays, tensors or dicts of them.")
-
-
 def _distributed():
     """(rank, world_size), initialising torch.distributed when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
-    import torch
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
@@ -89,8 +62,6 @@ def _distributed():
 
 def _reproduce_one(name: str, args, rank: int, world: int) -> tuple[dict, dict | None]:
     """The results of one experiment and the provenance of the run that computed them."""
-    from .experiments import registry
-
     experiment = registry.get(name)
     every = args.checkpoint_every if registry.supports_checkpoints(experiment) else None
     sets = args.overrides or {}
@@ -105,8 +76,6 @@ def _reproduce_one(name: str, args, rank: int, world: int) -> tuple[dict, dict |
         local = [registry.run_experiment(name, args.profile, overrides={**sets, "seed": base.seed + k}, force=args.force,
                                          verbose=rank == 0, checkpoint_every=every, with_provenance=True) for k in mine]
         if world > 1:
-            import torch.distributed as dist
-
             gathered = [None] * world if rank == 0 else None
             dist.gather_object(local[0], gathered, dst=0)
             local = gathered
@@ -128,8 +97,6 @@ def _parse_sets(items: list[str], config) -> dict:
     Raises:
         ValueError: for a malformed item, an unknown field, or a value of another type.
     """
-    import ast
-
     fields = {f.name for f in dataclasses.fields(config)}
     out = {}
     for item in items:
@@ -174,16 +141,12 @@ def _check_data(todo: list[str], profile: str, overrides: dict | None = None) ->
     An experiment needs the full MNIST IDX files when a ``source`` of its configuration is ``"idx"``,
     or ``"auto"`` in the ``paper`` profile (``bdk.data.load_mnist``); the message of
     ``bdk.data.load_mnist`` says which files to put where."""
-    from .experiments import registry
-
     needs = [name for name in todo
              if any(src == "idx" or (src == "auto" and profile == "paper")
                     for src in _data_sources(dataclasses.replace(registry.select_config(registry.get(name), profile),
                                                                  **(overrides or {}))))]
     if not needs:
         return None
-    from .data import load_mnist
-
     try:
         load_mnist(source="idx", verbose=False)
     except FileNotFoundError as err:
@@ -197,10 +160,6 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: b
     where it has them, into ``out/name``; return the names of the files written, or None if the figures
     and summary were already there for exactly these results (then they are not rendered again and the
     summary is printed)."""
-    import hashlib
-
-    from .experiments import registry
-
     experiment = registry.get(name)
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,11 +187,7 @@ def _write_outputs(name: str, results: dict, out: Path, seconds: float, force: b
     summaries = []
     for run, suffix in zip(per_run, suffixes):
         if experiment.figures is not None:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
+            matplotlib.use("Agg")  # files only, no window
             for stem, fig in experiment.figures(run).items():
                 for ext in ("png", "svg"):
                     fig.savefig(folder / f"{stem}{suffix}.{ext}")
@@ -263,8 +218,6 @@ def _written(files: list[str]) -> str:
 
 def _check_out(out: Path, todo: list[str]) -> None:
     """Before anything runs: the output folder (and each experiment's folder in it) can be written."""
-    from .cache import CacheNotWritable, check_writable
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; give a folder (it is created if missing).")
     for name in todo:
@@ -278,9 +231,6 @@ def _check_out(out: Path, todo: list[str]) -> None:
 
 def _record(name: str, results: dict, prov: dict | None, args) -> None:
     """``--record``: write ``data/records/NAME[.LABEL].json`` (bdk.provenance.write_record)."""
-    from .experiments import registry
-    from .provenance import describe_path_in_repo, write_record
-
     if prov is None or "chains" in prov:
         raise UsageError(f"{name}: --record needs one run whose provenance is known; run it with "
                          "--force (a cache entry written before provenance was kept has none), without --chains.")
@@ -292,8 +242,6 @@ def _record(name: str, results: dict, prov: dict | None, args) -> None:
 def _check_profile_and_device(args) -> str:
     """The profile that will run (``--profile``, else ``BDK_PROFILE``, else by device), and ``--device``
     checked to exist; both before any work. Returns the profile."""
-    from . import _runtime
-
     if args.profile is not None and args.profile not in _runtime.PROFILES:
         raise UsageError(f"unknown profile {args.profile!r}; valid: {', '.join(_runtime.PROFILES)}.")
     if args.device:
@@ -317,9 +265,6 @@ def _check_profile_and_device(args) -> str:
 
 def _check_arguments(args, todo: list[str], profile: str) -> dict:
     """Every check that can be made before a run; returns the parsed ``--set`` overrides."""
-    from .config import validate
-    from .experiments import registry
-
     for name in todo:
         try:
             registry.get(name)
@@ -333,8 +278,6 @@ def _check_arguments(args, todo: list[str], profile: str) -> dict:
     if args.record is not None and args.chains > 1:
         raise UsageError("--record records one run; drop --chains.")
     if args.record:
-        from .provenance import record_path
-
         try:
             record_path(args.name, args.record)
         except ValueError as err:
@@ -357,10 +300,6 @@ def _check_arguments(args, todo: list[str], profile: str) -> dict:
 
 
 def _cmd_reproduce(args) -> int:
-    from .cache import CacheNotWritable, cache_dir, check_writable
-    from .data import DataMissing
-    from .experiments import registry
-
     if args.list:
         for name in registry.names():
             exp = registry.get(name)
@@ -381,46 +320,41 @@ def _cmd_reproduce(args) -> int:
     except CacheNotWritable as err:
         raise UsageError(str(err)) from err
     rank, world = _distributed()
-    total, total_cpu = time.perf_counter(), time.process_time()
-    for name in todo:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        try:
-            results, prov = _reproduce_one(name, args, rank, world)
-        except DataMissing as err:  # data the experiment needs (the message says where to put it)
-            print(f"reproduce: {name} (profile {profile}) stopped, data missing: {err}", file=sys.stderr)
-            return 1
-        except ValueError as err:
-            if not args.overrides or os.environ.get("BDK_TRACEBACK"):
-                raise
-            raise UsageError(f"{name} stopped: {err} (with --set {' --set '.join(args.set)}; "
-                             "BDK_TRACEBACK=1 shows where)") from err
-        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-        if rank == 0:
-            written = time.perf_counter()
-            files = _write_outputs(name, results, out, seconds, force=args.force, prov=prov)
-            written = time.perf_counter() - written
-            if args.record is not None:
-                _record(name, results, prov, args)
-            # CPU time beside the wall time: on a shared machine the wall time alone says little
-            if files is not None:
-                print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); {_written(files)} written "
-                      f"in {written:.1f} s -> {out / name}")
-            else:
-                print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); the outputs in {out / name} "
-                      "are up to date")
+    with Stopwatch() as total:
+        for name in todo:
+            with Stopwatch() as clock:
+                try:
+                    results, prov = _reproduce_one(name, args, rank, world)
+                except DataMissing as err:  # data the experiment needs (the message says where to put it)
+                    print(f"reproduce: {name} (profile {profile}) stopped, data missing: {err}", file=sys.stderr)
+                    return 1
+                except ValueError as err:
+                    if not args.overrides or os.environ.get("BDK_TRACEBACK"):
+                        raise
+                    raise UsageError(f"{name} stopped: {err} (with --set {' --set '.join(args.set)}; "
+                                     "BDK_TRACEBACK=1 shows where)") from err
+            seconds, cpu = clock.seconds, clock.cpu_seconds
+            if rank == 0:
+                with Stopwatch() as writing:
+                    files = _write_outputs(name, results, out, seconds, force=args.force, prov=prov)
+                if args.record is not None:
+                    _record(name, results, prov, args)
+                # CPU time beside the wall time: on a shared machine the wall time alone says little
+                if files is not None:
+                    print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); {_written(files)} written "
+                          f"in {writing.seconds:.1f} s -> {out / name}")
+                else:
+                    print(f"{name}: done in {seconds:.1f} s (CPU {cpu:.1f} s); the outputs in {out / name} "
+                          "are up to date")
     if rank == 0:
-        print(f"reproduce: {len(todo)} experiment(s) in {time.perf_counter() - total:.1f} s "
-              f"(CPU {time.process_time() - total_cpu:.1f} s, profile {profile})")
+        print(f"reproduce: {len(todo)} experiment(s) in {total.seconds:.1f} s "
+              f"(CPU {total.cpu_seconds:.1f} s, profile {profile})")
     if world > 1:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
     return 0
 
 
 def _cmd_bench(args) -> int:
-    from .experiments import bench
-
     if args.repeats < 1:
         raise UsageError(f"--repeats {args.repeats}: give at least 1 (each ratio is a median over the repeats).")
     out = Path(args.out)

@@ -9,8 +9,10 @@ import random
 import numpy as np
 import torch
 
+__version__ = "0.1.0"  # the package's version (pyproject.toml says the same)
+
 __all__ = ["get_device", "check_device", "verbose", "seed_everything", "seeded_generator", "profile", "one_cpu_thread",
-           "PROFILES"]
+           "PROFILES", "__version__"]
 
 PROFILES = ("quick", "paper")
 

@@ -5,18 +5,19 @@ Introduced in "Data and tools". The cache lives in ``BDK_CACHE_DIR`` (default ``
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from tqdm.auto import tqdm as _auto_tqdm
+from tqdm.std import tqdm as _text_tqdm
 
 from ._runtime import verbose as _verbose
 from .config import canonical_json, config_dict, config_hash
-from .provenance import Timer, git_state, provenance, source_digest, utc_now
+from .runinfo import git_state, provenance, source_digest, utc_now
+from .timing import Stopwatch
 
 __all__ = ["cache_dir", "describe_path", "load_or_run", "Checkpointer", "progress", "atomic_save",
            "check_writable", "CacheNotWritable"]
@@ -125,7 +126,7 @@ def load_or_run(
     """Return ``fn(config)``, computed once per configuration and cached on disk.
 
     The file is ``<directory>/<name>-<config_hash>.pt``; it stores the configuration and the
-    digest of ``bdk``'s source (:func:`bdk.provenance.source_digest`) beside the result, so a file
+    digest of ``bdk``'s source (:func:`bdk.runinfo.source_digest`) beside the result, so a file
     with the same hash but different fields, or computed by other code, is recomputed (and says
     so). The folder is checked for writing before ``fn`` runs; if the result still cannot be saved
     after it ran, it is returned, saved under the temporary folder's ``bdk-unsaved/``, and the
@@ -176,11 +177,11 @@ def load_or_run(
                       f"{stored.get('code') or 'unknown'}, now {code}); running again")
     check_writable(folder)  # before the work, not after it
     git, started = git_state(), utc_now()
-    with Timer() as timer:
+    with Stopwatch() as clock:
         result = fn(config)
-    seconds = timer.wall
-    prov = provenance(config, profile=profile, overrides=overrides, wall_seconds=timer.wall, cpu_seconds=timer.cpu,
-                      git=git, started=started)
+    seconds = clock.seconds
+    prov = provenance(config, profile=profile, overrides=overrides, wall_seconds=clock.seconds,
+                      cpu_seconds=clock.cpu_seconds, git=git, started=started)
     entry = {"config": config_dict(config), "code": code, "result": result, "seconds": seconds, "provenance": prov}
     try:
         atomic_save(entry, path)
@@ -274,12 +275,10 @@ class Checkpointer:
 
 def _tqdm():
     try:  # widgets where they render (Jupyter/Colab with ipywidgets), text elsewhere
-        import ipywidgets  # noqa: F401
-
-        from tqdm.auto import tqdm
+        import ipywidgets  # noqa: F401  (optional: only to find out whether widgets can render)
     except ImportError:
-        from tqdm.std import tqdm
-    return tqdm
+        return _text_tqdm
+    return _auto_tqdm
 
 
 def progress(iterable: Iterable | None = None, **kwargs) -> Any:

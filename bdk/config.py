@@ -16,11 +16,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from typing import Any, Mapping, TypeVar
+
+import numpy as np
+import torch
 
 from ._runtime import PROFILES, profile as current_profile, verbose as verbose_default
 
-__all__ = ["select", "describe", "config_hash", "config_dict", "canonical_json", "json_default", "validate"]
+__all__ = ["select", "describe", "config_hash", "config_dict", "canonical_json", "json_default", "to_jsonable", "validate"]
 
 T = TypeVar("T")
 
@@ -37,9 +41,7 @@ def config_dict(config: Any) -> dict:
 def json_default(value: Any) -> Any:
     """The JSON form of a value that ``json`` cannot write: an array or tensor by its dtype, shape and the
     SHA-256 of its bytes (every element counts, unlike ``repr``, which abbreviates large arrays)."""
-    import numpy as np
-
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch here
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
         data = np.ascontiguousarray(value)
@@ -51,6 +53,40 @@ def json_default(value: Any) -> Any:
         return sorted(value, key=repr)
     raise TypeError(f"a configuration field holds a {type(value).__module__}.{type(value).__qualname__}, "
                     "which has no stable text form; use numbers, strings, tuples, arrays or nested dataclasses.")
+
+
+def to_jsonable(obj):
+    """Convert results (tensors, arrays, dataclasses, numbers) to JSON-serialisable values.
+
+    A plain object becomes its class name and its attributes; a non-finite float its ``repr``
+    (``"nan"``, ``"inf"``). Nothing is written as a ``repr`` that holds a memory address.
+
+    Raises:
+        TypeError: for a value with no JSON form (a function, a generator, ...).
+    """
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().numpy())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if hasattr(obj, "__dict__") and not callable(obj):  # a plain object (a potential, say): its class and data
+        return {"__class__": f"{type(obj).__module__}.{type(obj).__qualname__}", **to_jsonable(vars(obj))}
+    raise TypeError(f"results hold a {type(obj).__module__}.{type(obj).__qualname__}, which has no JSON form "
+                    "(its repr would carry a memory address); return numbers, arrays, tensors or dicts of them.")
 
 
 def canonical_json(obj: Any) -> str:

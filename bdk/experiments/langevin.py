@@ -11,15 +11,17 @@ from __future__ import annotations
 import functools
 import math
 import re
-import time
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.animation import FuncAnimation
 
 from .. import langevin as L
-from .._runtime import get_device, one_cpu_thread
+from .._runtime import get_device, one_cpu_thread, seeded_generator
 from ..plotting import method_color
+from ..timing import Stopwatch
 from .registry import Experiment, register
 
 __all__ = [
@@ -146,10 +148,6 @@ DW_EDGES = np.linspace(-2.5, 2.5, 51)
 BANANA_EDGES = (np.linspace(-3.0, 3.0, 25), np.linspace(-1.5, 3.0, 19))
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def _steps(total_time: float, step_size: float) -> int:
     return max(1, int(round(total_time / step_size)))
 
@@ -185,16 +183,16 @@ def run_histograms(cfg: LangevinConfig) -> dict:
     ):
         num_steps = _steps(cfg.total_time, step)
         thin = max(1, num_steps // cfg.num_snapshots)
-        start = time.perf_counter()
-        final, trajectory = L.euler_maruyama(
-            potential, x0.to(device).contiguous(), step, num_steps,
-            generator=_generator(device, cfg.seed), thin=thin, return_trajectory=True,
-        )
-        seconds = time.perf_counter() - start
+        with Stopwatch(device) as clock:
+            final, trajectory = L.euler_maruyama(
+                potential, x0.to(device).contiguous(), step, num_steps,
+                generator=seeded_generator(cfg.seed, device), thin=thin, return_trajectory=True,
+            )
+        seconds = clock.seconds
         probs = L.gibbs_bin_probabilities(potential, edges)
         tv = np.array([L.histogram_tv_distance(t, edges, probs) for t in trajectory])
         null_mean, null_sd = L.tv_null_moments(probs, cfg.num_particles)
-        exact = potential.sample(cfg.num_particles, generator=_generator(torch.device("cpu"), cfg.seed + 1))
+        exact = potential.sample(cfg.num_particles, generator=seeded_generator(cfg.seed + 1))
         out[name] = {
             "final": final.cpu().numpy(),
             "times": np.arange(len(trajectory)) * thin * step,
@@ -213,8 +211,6 @@ def run_histograms(cfg: LangevinConfig) -> dict:
 
 def plot_histograms(res: dict):
     """Final particle histograms against the Gibbs density: the double well (top) and the banana (bottom)."""
-    import matplotlib.pyplot as plt
-
     fig = plt.figure(figsize=(7.5, 7.2), layout="constrained")
     grid_spec = fig.add_gridspec(2, 2, height_ratios=[1, 1.15])
     top = fig.add_subplot(grid_spec[0, :])
@@ -260,8 +256,6 @@ def plot_histograms(res: dict):
 
 def plot_convergence(res: dict):
     """TV distance between the particle histogram and the Gibbs bin probabilities, against time."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.9), sharey=True, layout="constrained")
     for ax, (name, title) in zip(axes, (("double_well", "Double well (1-D)"), ("banana", "Banana (2-D)"))):
         r = res[name]
@@ -288,7 +282,7 @@ def _time_averaged_second_moment(potential, x0, step, cfg, seed, device):
     burn = _steps(cfg.bias_burn_in_time, step)
     thin = max(1, int(round(0.05 / step)))
     blocks = max(1, _steps(cfg.bias_average_time, step) // thin)
-    gen = _generator(device, seed)
+    gen = seeded_generator(seed, device)
     x = L.euler_maruyama(potential, x0, step, burn, generator=gen)
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for _ in range(blocks):  # accumulate on the fly: no trajectory is stored
@@ -309,7 +303,7 @@ def run_bias(cfg: LangevinConfig) -> dict:
     device = get_device()
     gaussian, dw = L.Gaussian([0.0], 1.0), double_well()
     n = cfg.bias_num_particles
-    cpu = _generator(torch.device("cpu"), cfg.seed + 7)
+    cpu = seeded_generator(cfg.seed + 7)
     out = {"gaussian": {"step_sizes": np.array(cfg.bias_step_sizes_gaussian)},
            "double_well": {"step_sizes": np.array(cfg.bias_step_sizes_double_well)}}
     # Gaussian: exact AR(1) variance
@@ -343,8 +337,6 @@ def run_bias(cfg: LangevinConfig) -> dict:
 
 def plot_bias(res: dict):
     """Log-log plot of the bias of the second moment against the step size, with fitted slopes."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 7.0), layout="constrained")
     titles = {"gaussian": r"Gaussian $U = x^2/2$: bias $|\mathrm{Var}_h - 1|$",
               "double_well": r"Double well: bias $|E_h[x^2] - E_{\mathrm{Gibbs}}[x^2]|$"}
@@ -393,19 +385,19 @@ def run_fokker_planck(cfg: LangevinConfig) -> dict:
     nonzero = times[times > 0]
     densities = [p0]
     p = p0
-    start = time.perf_counter()
     previous = 0.0
-    for t in nonzero:
-        k = int(round((t - previous) / dt))
-        p = L.fokker_planck_1d(dw, grid, p, dt, k)
-        densities.append(p)
-        previous += k * dt
-    fp_seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        for t in nonzero:
+            k = int(round((t - previous) / dt))
+            p = L.fokker_planck_1d(dw, grid, p, dt, k)
+            densities.append(p)
+            previous += k * dt
+    fp_seconds = clock.seconds
     long_run = L.fokker_planck_1d(dw, grid, p, dt, int(round(30.0 / dt)))
     gibbs_discrete = torch.exp(-dw.U(grid[:, None]))
     gibbs_discrete = gibbs_discrete / (gibbs_discrete.sum() * dx)
     # particles from the same initial law, snapshots at the same times
-    gen = _generator(device, cfg.seed + 3)
+    gen = seeded_generator(cfg.seed + 3, device)
     x = start_mean + start_sd * torch.randn(cfg.num_particles, 1, generator=gen, device=device)
     h = cfg.fp_particle_step_size
     snapshots = [x.cpu().numpy()[:, 0]]
@@ -448,8 +440,6 @@ def run_fokker_planck(cfg: LangevinConfig) -> dict:
 
 def plot_fokker_planck(res: dict):
     """Small multiples: the Fokker-Planck density and the particle histogram at the same times."""
-    import matplotlib.pyplot as plt
-
     times = res["times"]
     rows = (len(times) + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(7.5, 2.3 * rows + 0.9), sharex=True, sharey=True,
@@ -485,9 +475,9 @@ def run_mala(cfg: LangevinConfig) -> dict:
     dw = double_well()
     h = cfg.mala_step_size
     num_steps = _steps(cfg.mala_time, h)
-    x0 = dw.sample(cfg.num_particles, generator=_generator(torch.device("cpu"), cfg.seed + 4)).to(device)
-    em = L.euler_maruyama(dw, x0, h, num_steps, generator=_generator(device, cfg.seed + 5))
-    ma, acceptance = L.mala(dw, x0, h, num_steps, generator=_generator(device, cfg.seed + 6))
+    x0 = dw.sample(cfg.num_particles, generator=seeded_generator(cfg.seed + 4)).to(device)
+    em = L.euler_maruyama(dw, x0, h, num_steps, generator=seeded_generator(cfg.seed + 5, device))
+    ma, acceptance = L.mala(dw, x0, h, num_steps, generator=seeded_generator(cfg.seed + 6, device))
     probs = L.gibbs_bin_probabilities(dw, DW_EDGES)
     null_mean, null_sd = L.tv_null_moments(probs, cfg.num_particles)
     grid = _chain_grid()
@@ -495,10 +485,10 @@ def run_mala(cfg: LangevinConfig) -> dict:
     dx = float(grid[1] - grid[0])
     em_exact_tv = float(0.5 * (em_density - dw.density(grid[:, None])).abs().sum() * dx)
     # acceptance sweep, from exact samples
-    x0 = dw.sample(cfg.acceptance_num_particles, generator=_generator(torch.device("cpu"), cfg.seed + 8)).to(device)
+    x0 = dw.sample(cfg.acceptance_num_particles, generator=seeded_generator(cfg.seed + 8)).to(device)
     rates = []
     for i, step in enumerate(cfg.acceptance_step_sizes):
-        _, rate = L.mala(dw, x0, step, cfg.acceptance_num_steps, generator=_generator(device, cfg.seed + 30 + i))
+        _, rate = L.mala(dw, x0, step, cfg.acceptance_num_steps, generator=seeded_generator(cfg.seed + 30 + i, device))
         rates.append(rate)
     rates = np.array(rates)
     steps = np.array(cfg.acceptance_step_sizes)
@@ -527,8 +517,6 @@ def run_mala(cfg: LangevinConfig) -> dict:
 
 def plot_mala(res: dict):
     """EM and MALA at one large step against Gibbs (densities and per-bin deviations); rejection rate against step."""
-    import matplotlib.pyplot as plt
-
     fig = plt.figure(figsize=(7.5, 7.4), layout="constrained")
     grid_spec = fig.add_gridspec(2, 2)
     axes = [fig.add_subplot(grid_spec[0, :]), fig.add_subplot(grid_spec[1, 0]), fig.add_subplot(grid_spec[1, 1])]
@@ -584,8 +572,6 @@ def plot_mala(res: dict):
 @functools.lru_cache(maxsize=None)
 def _fixed_dpi_animation_class():
     """FuncAnimation with a frame dpi of its own (made on first use: matplotlib is imported lazily here)."""
-    from matplotlib.animation import FuncAnimation
-
     class FixedDpiAnimation(FuncAnimation):
         """A FuncAnimation whose ``save`` (and so ``to_jshtml``) defaults to ``frame_dpi``, not ``savefig.dpi``."""
 
@@ -653,8 +639,6 @@ def animate_relaxation(
     Raises:
         ValueError: if ``num_frames < 2``, a size is not positive, or ``start`` is outside the grid.
     """
-    import matplotlib.pyplot as plt
-
     if int(num_frames) != num_frames or num_frames < 2:
         raise ValueError(f"num_frames must be an integer >= 2, got {num_frames!r}.")
     for name, value in (("num_particles", num_particles), ("final_time", final_time),
@@ -671,7 +655,7 @@ def animate_relaxation(
     steps = np.maximum.accumulate(steps)
     times = steps * step_size
     # particles
-    gen = _generator(torch.device("cpu"), seed)
+    gen = seeded_generator(seed)
     x = torch.full((int(num_particles), 1), float(start), dtype=torch.float64)
     edges = np.linspace(-2.5, 2.5, 51)
     histograms = []

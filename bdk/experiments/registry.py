@@ -13,6 +13,11 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .._runtime import profile as active_profile
+from .._runtime import verbose as default_verbose
+from ..cache import load_or_run
+from ..config import describe, select, validate
+
 __all__ = ["Experiment", "register", "get", "names", "select_config", "run_experiment", "supports_checkpoints",
            "checkpointing_names", "MODULES"]
 
@@ -98,8 +103,6 @@ def get(name: str) -> Experiment:
 
 def select_config(experiment: Experiment, profile: str | None = None) -> Any:
     """The experiment's configuration for a profile (default: the active one), without printing."""
-    from ..config import select
-
     return select(experiment.configs, profile=profile, verbose=False)
 
 
@@ -125,11 +128,6 @@ def run_experiment(name: str, profile: str | None = None, overrides: Mapping[str
         KeyError: for an unknown name.
         ValueError: when a field of the configuration breaks its rule (``bdk.config.validate``), or ``checkpoint_every`` is not a positive integer or the experiment cannot checkpoint.
     """
-    from .._runtime import profile as active_profile
-    from .._runtime import verbose as default_verbose
-    from ..cache import load_or_run
-    from ..config import describe, select, validate
-
     experiment = get(name)
     verbose = default_verbose() if verbose is None else verbose
     profile = active_profile() if profile is None else profile

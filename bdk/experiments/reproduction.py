@@ -20,6 +20,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import torch
+
+from ..provenance import load_record
+from .distill_common import paper_numbers
+
 __all__ = ["Quantity", "quantities", "comparison_table", "distance", "record_or_none", "provenance_note", "side_by_side",
            "as_tensors"]
 
@@ -48,8 +53,6 @@ class Quantity:
 
 
 def _paper():
-    from .distill_common import paper_numbers
-
     return paper_numbers()["korattikara2015bdk"]
 
 
@@ -107,8 +110,6 @@ def _fmt(value: tuple[float, float | None] | None, digits: int) -> str:
 
 def record_or_none(name: str, label: str | None = None):
     """The record ``data/records/NAME[.LABEL].json`` (``bdk.provenance.load_record``), or ``None``."""
-    from ..provenance import load_record
-
     return load_record(name, label, required=False)
 
 
@@ -169,8 +170,6 @@ def side_by_side(name: str, quick: Any, label: str | None = None, labels: Sequen
 def as_tensors(results: dict, keys: Sequence[str]) -> dict:
     """A copy of recorded ``results`` with the JSON lists under ``keys`` (and, for a dict, under each of
     its entries) turned back into tensors, so the plotting functions take a record like a fresh run."""
-    import torch
-
     def conv(v):
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}

@@ -8,16 +8,18 @@ arrays), ``plot_*`` functions draw them. The chapter calls them through ``bdk.lo
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.colors import TwoSlopeNorm
+from scipy.special import ndtr
 
-from .. import sde
-from .._runtime import get_device
+from .. import data, sde
+from .._runtime import get_device, one_cpu_thread, seeded_generator
 from ..plotting import method_color
-from .._runtime import one_cpu_thread
+from ..timing import Stopwatch
 from .registry import Experiment, register
 
 __all__ = [
@@ -124,10 +126,6 @@ TWO_D_HESSIAN = np.array([[2.0, 0.8], [0.8, 1.0]])
 TWO_D_NOISE_STD = np.array([0.5, 2.0])
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def _steps_to_stationarity(lr: float, curvature: float, tolerance: float = 1e-4) -> int:
     """Steps after which (1 - lr h)^(2k) < tolerance: a variance started at 0 is within that fraction of its
     stationary value (1e-4, a hundred times below the relative standard error of the measurements here)."""
@@ -168,7 +166,7 @@ def run_quadratic(cfg: SGDSDEConfig) -> dict:
     for i, lr in enumerate(cfg.quadratic_lrs):
         theta0 = torch.zeros(cfg.num_chains, 1, device=device)
         theta = sde.noisy_sgd(grad, theta0, lr, _steps_to_stationarity(lr, h), noise_std=sigma,
-                              generator=_generator(device, cfg.seed + i))
+                              generator=seeded_generator(cfg.seed + i, device))
         measured.append(float(theta.double().var()))
         if lr == cfg.histogram_lr:
             samples = theta[:, 0].cpu().numpy()
@@ -192,8 +190,6 @@ def run_quadratic(cfg: SGDSDEConfig) -> dict:
 def plot_quadratic(res: dict):
     """Left: the stationary histogram at one rate against the SDE's Gibbs density and the exact law.
     Right: stationary variance against lr * h, measured, exact and SDE."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 7.2), layout="constrained")
     ax = axes[0]
     lr, h, sigma = res["histogram_lr"], res["curvature"], res["noise_std"]
@@ -242,7 +238,7 @@ def run_diffusion_flux(cfg: SGDSDEConfig) -> dict:
     device = get_device()
     h, sigma, lr = 1.0, 1.0, cfg.flux_lr
     var = sde.sgd_stationary_variance(h, lr, sigma)
-    gen = _generator(device, cfg.seed + 40)
+    gen = seeded_generator(cfg.seed + 40, device)
     n = cfg.flux_num_particles
     num_chunks = 8  # the spread of the chunks' estimates gives the standard error
     chunk = math.ceil(n / num_chunks)
@@ -276,8 +272,6 @@ def run_diffusion_flux(cfg: SGDSDEConfig) -> dict:
     sizes = np.array(sizes, dtype=float)
     density = np.exp(-xs**2 / (2 * var)) / math.sqrt(2 * math.pi * var)
     d_density = -xs / var * density
-    from scipy.special import ndtr
-
     basis = -lr**2 * sigma**2 * d_density  # J_noise = c * basis, with c = 1/2 to leading order
     chunk_c = [float(basis @ (f / m) / (basis @ basis)) for f, m in zip(noise, sizes)]
     noise_flux = np.sum(noise, axis=0) / n
@@ -304,8 +298,6 @@ def run_diffusion_flux(cfg: SGDSDEConfig) -> dict:
 
 def plot_diffusion_flux(res: dict):
     """The measured diffusive flux against -(1/2) eta^2 sigma^2 rho', and the drift flux against -eta L' rho."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(7.5, 5.4), layout="constrained")
     z = res["x"] / math.sqrt(res["variance"])
     ax.plot(z, res["noise_flux"], "o", ms=4, color=method_color("SGD"), label="measured: noise part of the step")
@@ -338,10 +330,10 @@ def run_equipartition(cfg: SGDSDEConfig) -> dict:
     steps = _steps_to_stationarity(lr, curvatures.min())
     theta0 = torch.zeros(cfg.equipartition_num_chains, len(curvatures), device=device)
     sigma = 1.0
-    iso = sde.noisy_sgd(grad, theta0, lr, steps, noise_std=sigma, generator=_generator(device, cfg.seed + 50))
+    iso = sde.noisy_sgd(grad, theta0, lr, steps, noise_std=sigma, generator=seeded_generator(cfg.seed + 50, device))
     c = 1.0  # noise covariance c * H
     fisher = sde.noisy_sgd(grad, theta0, lr, steps, noise_std=np.sqrt(c * curvatures),
-                           generator=_generator(device, cfg.seed + 51))
+                           generator=seeded_generator(cfg.seed + 51, device))
     var_iso = iso.double().var(0).cpu().numpy()
     var_fisher = fisher.double().var(0).cpu().numpy()
     return {
@@ -359,8 +351,6 @@ def run_equipartition(cfg: SGDSDEConfig) -> dict:
 
 def plot_equipartition(res: dict):
     """Left: Var(sqrt(h_i) theta_i) / T against lr * h_i. Right: Var(theta_i) when the noise covariance is c H."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 7.2), layout="constrained")
     eh = res["lr"] * res["curvatures"]
     rel_se = math.sqrt(2 / res["num_chains"])
@@ -407,7 +397,7 @@ def run_two_temperatures(cfg: SGDSDEConfig) -> dict:
     for i, (name, lr) in enumerate((("common", np.full(2, cfg.two_d_lr)), ("per_parameter", cfg.two_d_lr_prime / std**2))):
         steps = _steps_to_stationarity(float(lr.min()), eig_min)
         theta0 = torch.zeros(cfg.num_chains, 2, device=device)
-        theta = sde.noisy_sgd(grad, theta0, lr, steps, noise_std=std, generator=_generator(device, cfg.seed + 60 + i))
+        theta = sde.noisy_sgd(grad, theta0, lr, steps, noise_std=std, generator=seeded_generator(cfg.seed + 60 + i, device))
         samples = theta.double().cpu().numpy()
         exact = sde.stationary_covariance(hess, noise_cov, lr, "discrete")
         continuous = sde.stationary_covariance(hess, noise_cov, lr, "continuous")
@@ -428,8 +418,6 @@ def run_two_temperatures(cfg: SGDSDEConfig) -> dict:
 
 def plot_two_temperatures(res: dict):
     """Contours of the best Gibbs density e^{-L/T} and of the exact stationary law over the SGD iterates."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 4.9), layout="constrained")
     hess = res["hessian"]
     for ax, name, title in ((axes[0], "common", "One learning rate:\ntwo temperatures"),
@@ -469,8 +457,6 @@ def plot_two_temperatures(res: dict):
 
 def boston_design(split: int = 0, device=None):
     """Boston housing (split 0): standardised inputs with an intercept column, standardised targets (float64)."""
-    from .. import data
-
     ds = data.load_boston(split=split)
     x = ds.x_train.double()
     x = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
@@ -496,7 +482,7 @@ def run_minibatch_regression(cfg: SGDSDEConfig) -> dict:
     w_star = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
     hess = (x.T @ x / n).cpu().numpy()
     # the gradient noise: minibatch gradients at the optimum, against the formula
-    gen = _generator(device, cfg.seed + 70)
+    gen = seeded_generator(cfg.seed + 70, device)
     grads = []
     for start in range(0, cfg.regression_num_gradients, 100_000):
         m = min(100_000, cfg.regression_num_gradients - start)
@@ -511,12 +497,12 @@ def run_minibatch_regression(cfg: SGDSDEConfig) -> dict:
     discrete = sde.stationary_covariance(hess, noise_formula, lr, "discrete")
     exact = sde.least_squares_sgd_stationary_covariance(x, y, lr, batch)
     # SGD chains from the optimum
-    start = time.perf_counter()
     # the chains in float32 (their spread is ~1e-2 of |w*|, far above float32 round-off)
     w0 = w_star.float().expand(cfg.regression_num_chains, d).contiguous()
-    w = sde.minibatch_sgd_least_squares(x.float(), y.float(), w0, lr, batch, cfg.regression_num_steps,
-                                        generator=_generator(device, cfg.seed + 71)).double()
-    seconds = time.perf_counter() - start
+    with Stopwatch(device) as clock:
+        w = sde.minibatch_sgd_least_squares(x.float(), y.float(), w0, lr, batch, cfg.regression_num_steps,
+                                            generator=seeded_generator(cfg.seed + 71, device)).double()
+    seconds = clock.seconds
     iterate_cov = torch.cov(w.T).cpu().numpy()
     # expected Frobenius noise of the iterate covariance from num_chains iid Gaussian-like draws
     var_entries = (np.outer(np.diag(exact), np.diag(exact)) + exact**2) / cfg.regression_num_chains
@@ -549,9 +535,6 @@ def plot_minibatch_regression(res: dict):
     """2x2 heat maps over the 14 parameters: the measured gradient noise :math:`\\eta C` (top left, its own
     colour scale) and the stationary covariance :math:`\\Sigma`, measured and predicted twice (one colour scale
     shared by those three panels); each panel has its colour bar, named by the panel's title."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import TwoSlopeNorm
-
     fig, axes = plt.subplots(2, 2, figsize=(7.5, 6.9), layout="constrained")
     panels = (
         (res["lr"] * res["noise_measured"], r"noise $\eta\,C$ at $w^*$ (measured)"),
@@ -587,8 +570,6 @@ def plot_minibatch_regression(res: dict):
 
 def plot_minibatch_scatter(res: dict):
     """Every entry of the stationary covariance: three predictions against the SGD iterates' covariance."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
     measured = res["iterates"].ravel()
     lim = [measured.min() - 0.1 * np.ptp(measured), measured.max() + 0.1 * np.ptp(measured)]

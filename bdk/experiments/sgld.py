@@ -10,7 +10,6 @@ r"""Experiments of chapter 3, "Stochastic gradient Langevin dynamics" (``book/sg
   noise, across step sizes, on an MLP and MNIST digits.
 * :func:`run_mnist`: SGD, SGLD and pSGLD on MNIST: accuracy, NLL, calibration, and the predictive as
   more samples are averaged.
-* :func:`step_cost_ratios` and :func:`predictive_speedup`: timings for the benchmark table.
 * :func:`posteriors_crosscheck`: ``bdk``'s SGLD against the ``posteriors`` package under the convention map.
 
 Every sampler follows the book's one scaling convention (``book/conventions.md``).
@@ -19,26 +18,32 @@ Every sampler follows the book's one scaling convention (``book/conventions.md``
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import statistics
-import time
+import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
+from scipy.ndimage import maximum_filter
 from torch import nn
 from torch.nn import functional as F
 
-from .. import samplers
-from ..samplers import SGLD, PosteriorSamples, RobbinsMonro, neg_log_posterior, pSGLD, robbins_monro, sgld_sample
+from .. import metrics, samplers
+from .._runtime import get_device
+from ..cache import progress as _progress
+from ..data import load_mnist, welling_teh_mixture
+from ..distill import mlp
+from ..langevin import Potential
+from ..samplers import (SGLD, PosteriorSamples, RobbinsMonro, convergence_diagnostics, neg_log_posterior, pSGLD,
+                        robbins_monro, sgld_sample)
+from ..timing import Stopwatch
+from .registry import Experiment, register
 
 __all__ = [
     "MixtureConfig",
     "AcceptanceConfig",
     "NoiseConfig",
     "MnistConfig",
-    "TimingConfig",
     "ChapterConfig",
     "CONFIGS",
     "WellingTehMixture",
@@ -50,10 +55,7 @@ __all__ = [
     "per_example_grad_sq_norms",
     "minibatch_gradient_covariance_trace",
     "gradient_noise_vs_injected",
-    "make_mlp",
     "run_mnist",
-    "step_cost_ratios",
-    "predictive_speedup",
     "posteriors_crosscheck",
     "fit_slope",
 ]
@@ -137,20 +139,6 @@ class MnistConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TimingConfig:
-    """Step-cost ratios and the vectorised-predictive speed-up."""
-
-    sizes: tuple = (784, 400, 400, 10)
-    batch_size: int = 100
-    step_repeats: int = 15
-    steps_per_repeat: int = 10
-    num_samples: int = 100
-    num_inputs: int = 1000
-    predict_repeats: int = 5
-    toy_sizes: tuple = (2, 10, 2)
-
-
-@dataclasses.dataclass(frozen=True)
 class ChapterConfig:
     """Every experiment of chapter 3, per profile."""
 
@@ -158,7 +146,6 @@ class ChapterConfig:
     acceptance: AcceptanceConfig
     noise: NoiseConfig
     mnist: MnistConfig
-    timing: TimingConfig
 
 
 CONFIGS = {
@@ -167,7 +154,6 @@ CONFIGS = {
         acceptance=AcceptanceConfig(num_draws=2000, grid_size=300),
         noise=NoiseConfig(hidden=(200, 200), warm_steps=150, steps_per_lr=15, num_lrs=5),
         mnist=MnistConfig(hidden=(200, 200), sgd_steps=400, sample_steps=500, burn_in=100, thin=4, max_samples=100),
-        timing=TimingConfig(num_samples=10, num_inputs=500, step_repeats=7, steps_per_repeat=5, predict_repeats=3),
     ),
     "paper": ChapterConfig(
         mixture=MixtureConfig(),
@@ -177,7 +163,6 @@ CONFIGS = {
             source="auto", sgd_steps=30_000, sample_steps=100_000, lr=4e-6, psgld_lr=2 * 5e-4 / 60_000,
             burn_in=10_000, thin=900,
         ),
-        timing=TimingConfig(),
     ),
 }
 
@@ -187,15 +172,16 @@ CONFIGS = {
 # --------------------------------------------------------------------------------------------------
 
 
-class WellingTehMixture:
+class WellingTehMixture(Potential):
     r"""The posterior of :cite:t:`welling2011sgld`'s mixture example as a potential on :math:`\theta \in \mathbb R^2`.
 
     .. math::
         U(\theta) = \frac{\theta_1^2}{2\sigma_1^2} + \frac{\theta_2^2}{2\sigma_2^2}
         - \sum_{i=1}^N \log\Bigl(\tfrac12\mathcal N(x_i;\theta_1,\sigma_x^2) + \tfrac12\mathcal N(x_i;\theta_1+\theta_2,\sigma_x^2)\Bigr)
 
-    with :math:`\sigma_1^2 = 10`, :math:`\sigma_2^2 = 1`, :math:`\sigma_x^2 = 2` (variances). Works on a
-    batch of parameter vectors ``theta (C, 2)`` in float64. Introduced in chapter 3.
+    with :math:`\sigma_1^2 = 10`, :math:`\sigma_2^2 = 1`, :math:`\sigma_x^2 = 2` (variances). A
+    :class:`bdk.langevin.Potential` (``U`` and ``grad_U`` on a batch of chains ``theta (C, 2)``),
+    computed in float64, with the minibatch gradients SGLD uses on top. Introduced in chapter 3.
 
     Args:
         x: the data, ``(N,)`` (e.g. :func:`bdk.data.welling_teh_mixture`).
@@ -203,7 +189,10 @@ class WellingTehMixture:
         noise_var: :math:`\sigma_x^2`.
     """
 
+    dim = 2
+
     def __init__(self, x: torch.Tensor, prior_var: Sequence[float] = (10.0, 1.0), noise_var: float = 2.0):
+        super().__init__()
         x = torch.as_tensor(x, dtype=torch.float64).flatten()
         if x.numel() == 0 or not torch.isfinite(x).all():
             raise ValueError("x must be a non-empty tensor of finite numbers.")
@@ -284,8 +273,6 @@ class WellingTehMixture:
     @staticmethod
     def grid_modes(grid: dict, window: int = 9, min_ratio: float = 1e-2) -> list[tuple[float, float, float]]:
         """Local maxima of a grid posterior: ``[(theta1, theta2, density / max density)]``, highest first."""
-        from scipy.ndimage import maximum_filter
-
         p = grid["prob"]
         peak = (p == maximum_filter(p, size=window)) & (p > p.max() * min_ratio)
         out = [(float(grid["t1"][i]), float(grid["t2"][j]), float(p[i, j] / p.max())) for i, j in zip(*np.nonzero(peak))]
@@ -382,8 +369,6 @@ def run_mixture(cfg: MixtureConfig, progress: bool = True) -> dict:
     sample by its step size, as :cite:t:`welling2011sgld` did), the grid posterior and
     :func:`summarize_mixture`'s comparison.
     """
-    from ..data import welling_teh_mixture
-
     x = welling_teh_mixture(cfg.num_data, (0.0, 1.0), seed=cfg.data_seed)
     target = WellingTehMixture(x)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -397,10 +382,9 @@ def run_mixture(cfg: MixtureConfig, progress: bool = True) -> dict:
         index = torch.randint(0, target.num_data, (cfg.num_chains, cfg.batch_size), generator=gen)
         return target.grad_U_hat(theta, index)
 
-    start = time.perf_counter()
-    samples = sgld_sample(grad, theta0, lr, cfg.num_steps, burn_in=cfg.burn_in, thin=cfg.thin,
-                          generator=gen, progress=progress)
-    seconds = time.perf_counter() - start
+    with Stopwatch() as clock:
+        samples = sgld_sample(grad, theta0, lr, cfg.num_steps, burn_in=cfg.burn_in, thin=cfg.thin,
+                              generator=gen, progress=progress)
     steps = cfg.burn_in + cfg.thin * np.arange(1, samples.shape[0] + 1) - 1  # 0-based index of each kept step
     weights = robbins_monro(steps.astype(np.float64), a, b, cfg.gamma)
     grid = target.grid_posterior(cfg.grid_size)
@@ -411,7 +395,7 @@ def run_mixture(cfg: MixtureConfig, progress: bool = True) -> dict:
         "lr_b": b,
         "grid": grid,
         "x": x.numpy(),
-        "seconds": seconds,
+        "seconds": clock.seconds,
         "config": dataclasses.asdict(cfg),
     }
     out.update(summarize_mixture(out["samples"], weights, grid, cfg.hist_bins))
@@ -426,8 +410,6 @@ def summarize_mixture(samples: np.ndarray, weights: np.ndarray, grid: dict, hist
     draws would show if there were as many as the kept draws or as many as the bulk ESS, and
     arviz's ESS and R-hat across chains.
     """
-    from ..samplers import convergence_diagnostics
-
     chains, draws, _ = samples.shape
     flat = samples.reshape(-1, 2)
     w = np.tile(weights, chains)
@@ -506,8 +488,6 @@ def acceptance_vs_step(cfg: AcceptanceConfig) -> dict:
     standard error for each, and the slopes of ``log(1 - acceptance)`` against ``log lr`` over the
     smallest half of the step sizes.
     """
-    from ..data import welling_teh_mixture
-
     target = WellingTehMixture(welling_teh_mixture(cfg.num_data, (0.0, 1.0), seed=cfg.data_seed))
     grid = target.grid_posterior(cfg.grid_size)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -560,16 +540,6 @@ def stationary_variance_demo(
 # --------------------------------------------------------------------------------------------------
 # gradient noise vs injected noise
 # --------------------------------------------------------------------------------------------------
-
-
-def make_mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """``nn.Sequential`` of Linear layers with ``activation`` between them (e.g. ``(784, 400, 400, 10)``)."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 def per_example_grad_sq_norms(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, chunk: int = 2000):
@@ -629,16 +599,10 @@ def minibatch_gradient_covariance_trace(model: nn.Sequential, x: torch.Tensor, y
 
 
 def _device(device) -> torch.device:
-    if device is None:
-        from .._runtime import get_device
-
-        return get_device()
-    return torch.device(device)
+    return get_device() if device is None else torch.device(device)
 
 
 def _load_mnist(source: str, seed: int = 0):
-    from ..data import load_mnist
-
     return load_mnist(source=source, seed=seed)
 
 
@@ -660,7 +624,7 @@ def gradient_noise_vs_injected(cfg: NoiseConfig, device=None, progress: bool = T
     data = _load_mnist(cfg.source, cfg.seed)
     x, y = data.x_train.to(device), data.y_train.to(device)
     n_data = x.shape[0]
-    model = make_mlp((x.shape[1], *cfg.hidden, 10)).to(device)
+    model = mlp((x.shape[1], *cfg.hidden, 10)).to(device)
     d = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -677,8 +641,6 @@ def gradient_noise_vs_injected(cfg: NoiseConfig, device=None, progress: bool = T
     warm_state = {k: v.clone() for k, v in model.state_dict().items()}
     lrs = np.logspace(math.log10(cfg.lr_min), math.log10(cfg.lr_max), cfg.num_lrs)
     traces = []
-    from ..cache import progress as _progress
-
     for k, lr in enumerate(_progress(lrs, desc="step sizes", disable=not progress)):
         model.load_state_dict(warm_state)
         run(model, float(lr), cfg.steps_per_lr, 1.0, cfg.seed + 1 + k)
@@ -705,8 +667,6 @@ def gradient_noise_vs_injected(cfg: NoiseConfig, device=None, progress: bool = T
 
 
 def _metrics(probs: torch.Tensor, y: torch.Tensor) -> dict:
-    from .. import metrics
-
     return {
         "accuracy": metrics.accuracy(probs, y),
         "nll": metrics.nll(probs, y),
@@ -737,10 +697,8 @@ def run_mnist(cfg: MnistConfig, device=None, progress: bool = True) -> dict:
     xt, yt = data.x_test.to(device), data.y_test.to(device)
     n_data = x.shape[0]
     torch.manual_seed(cfg.seed)
-    model = make_mlp((x.shape[1], *cfg.hidden, 10)).to(device)
+    model = mlp((x.shape[1], *cfg.hidden, 10)).to(device)
     results: dict = {"data": data.info["description"], "num_train": n_data, "num_test": xt.shape[0], "methods": {}}
-    from ..cache import progress as _progress
-
     batch_gen = torch.Generator().manual_seed(cfg.seed + 2)
 
     def train(m, opt, steps, desc, mean_loss, store=None, gen=None):
@@ -754,12 +712,12 @@ def run_mnist(cfg: MnistConfig, device=None, progress: bool = True) -> dict:
             if store is not None:
                 store.step()
 
-    start = time.perf_counter()
-    train(model, torch.optim.SGD(model.parameters(), lr=cfg.lr * n_data / 2), cfg.sgd_steps, "SGD", True)
+    with Stopwatch(device) as clock:
+        train(model, torch.optim.SGD(model.parameters(), lr=cfg.lr * n_data / 2), cfg.sgd_steps, "SGD", True)
     with torch.no_grad():
         probs = torch.softmax(model(xt), -1)
     results["methods"]["SGD"] = {"final": _metrics(probs, yt), "probs": probs.cpu(),
-                                 "train_seconds": time.perf_counter() - start, "steps": cfg.sgd_steps}
+                                 "train_seconds": clock.seconds, "steps": cfg.sgd_steps}
     sgd_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     for method in ("SGLD", "pSGLD"):
@@ -771,13 +729,13 @@ def run_mnist(cfg: MnistConfig, device=None, progress: bool = True) -> dict:
             opt = pSGLD(model.parameters(), lr=cfg.psgld_lr, num_data=n_data, alpha=cfg.psgld_alpha,
                         eps=cfg.psgld_eps, generator=noise_gen)
         store = PosteriorSamples(model, burn_in=cfg.burn_in, thin=cfg.thin, max_samples=cfg.max_samples)
-        start = time.perf_counter()
-        train(model, opt, cfg.sample_steps, method, False, store, torch.Generator().manual_seed(cfg.seed + 3))
-        entry: dict = {"train_seconds": time.perf_counter() - start, "steps": cfg.sample_steps}
+        with Stopwatch(device) as clock:
+            train(model, opt, cfg.sample_steps, method, False, store, torch.Generator().manual_seed(cfg.seed + 3))
+        entry: dict = {"train_seconds": clock.seconds, "steps": cfg.sample_steps}
         with torch.no_grad():
-            start = time.perf_counter()
-            logits = store.forward_all(xt)  # (S, n, 10): every sample in vectorised chunks
-            entry["predict_seconds"] = time.perf_counter() - start
+            with Stopwatch(device) as clock:
+                logits = store.forward_all(xt)  # (S, n, 10): every sample in vectorised chunks
+            entry["predict_seconds"] = clock.seconds
             per_sample = torch.softmax(logits, -1)
             cum = per_sample.cumsum(0) / torch.arange(1, per_sample.shape[0] + 1, device=device).view(-1, 1, 1)
             counts = sorted({int(c) for c in np.geomspace(1, per_sample.shape[0], 12).round()})
@@ -793,174 +751,6 @@ def run_mnist(cfg: MnistConfig, device=None, progress: bool = True) -> dict:
         results["methods"][method] = entry
     results["y_test"] = yt.cpu()
     return results
-
-
-# --------------------------------------------------------------------------------------------------
-# timings
-# --------------------------------------------------------------------------------------------------
-
-
-class MlpStepBench:
-    """A fixed minibatch and one initial MLP, for timing optimiser steps side by side.
-
-    ``torch.manual_seed(0)``, then random inputs ``x`` (``batch_size`` x ``sizes[0]``) in [0, 1),
-    random labels ``y`` and the initial network ``base`` (:func:`make_mlp`); ``num_data`` = 60,000
-    (MNIST's training set) scales the potential.
-    """
-
-    def __init__(self, sizes: Sequence[int], batch_size: int, device, num_data: int = 60_000):
-        self.sizes, self.device, self.num_data = tuple(sizes), torch.device(device), num_data
-        torch.manual_seed(0)
-        self.x = torch.rand(batch_size, self.sizes[0], device=self.device)
-        self.y = torch.randint(0, self.sizes[-1], (batch_size,), device=self.device)
-        self.base = make_mlp(self.sizes).to(self.device)
-
-    def fresh(self) -> nn.Module:
-        """A copy of ``base`` (every optimiser starts from the same weights)."""
-        m = make_mlp(self.sizes).to(self.device)
-        m.load_state_dict(self.base.state_dict())
-        return m
-
-    def step_fn(self, make_opt, mean_loss: bool):
-        """``(step, optimizer)``: ``step()`` is zero_grad, the potential of the minibatch (divided by
-        ``num_data`` when ``mean_loss``, as ``torch.optim`` optimisers expect), backward and ``step``."""
-        m = self.fresh()
-        opt = make_opt(m.parameters())
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            u = neg_log_posterior(m, self.x, self.y, self.num_data, 1.0)
-            (u / self.num_data if mean_loss else u).backward()
-            opt.step()
-
-        return step, opt
-
-
-def step_cost_ratios(
-    sizes: Sequence[int] = (784, 400, 400, 10),
-    batch_size: int = 100,
-    repeats: int = 15,
-    steps_per_repeat: int = 10,
-    device=None,
-    include_posteriors: bool = True,
-) -> dict:
-    """Cost of one training step of SGD, SGLD, RMSprop and pSGLD (and ``posteriors``' SGLD), side by side.
-
-    Each step is ``zero_grad``, forward, :func:`~bdk.samplers.neg_log_posterior` (SGD and RMSprop on
-    the mean loss), ``backward`` and ``step`` on one fixed minibatch of the MLP ``sizes``. The methods
-    are interleaved (the order rotates each repeat) and each repeat times ``steps_per_repeat`` steps;
-    the result is the median time per step over the repeats and the ratios SGLD/SGD and
-    pSGLD/RMSprop (the design targets: SGLD/SGD <= 1.10).
-    """
-    from .bench import time_interleaved
-
-    device = _device(device)
-    mlp = MlpStepBench(sizes, batch_size, device)
-    x, y, num_data = mlp.x, mlp.y, mlp.num_data
-    runners = {}
-    runners["SGD"], _ = mlp.step_fn(lambda p: torch.optim.SGD(p, lr=1e-3), mean_loss=True)
-    runners["SGLD"], _ = mlp.step_fn(lambda p: SGLD(p, lr=1e-8), mean_loss=False)
-    runners["RMSprop"], _ = mlp.step_fn(lambda p: torch.optim.RMSprop(p, lr=1e-5, alpha=0.99, eps=1e-5),
-                                        mean_loss=True)
-    runners["pSGLD"], _ = mlp.step_fn(lambda p: pSGLD(p, lr=1e-10, num_data=num_data), mean_loss=False)
-    if include_posteriors:
-        try:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import posteriors  # noqa: F401
-                from posteriors.sgmcmc import sgld as post_sgld
-        except ImportError:
-            post_sgld = None
-        if post_sgld is not None:
-            m = mlp.fresh()
-            params = {k: v.detach().clone() for k, v in m.named_parameters()}
-
-            def log_post(p, batch):
-                xb, yb = batch
-                logits = torch.func.functional_call(m, p, (xb,))
-                lp = -F.cross_entropy(logits, yb, reduction="mean") - 0.5 * sum((v**2).sum() for v in p.values()) / num_data
-                return lp, logits
-
-            transform = post_sgld.build(log_post, lr=1e-4, temperature=1.0 / num_data)
-            state = transform.init(params)
-
-            def post_step():
-                nonlocal state
-                state, _ = transform.update(state, (x, y), inplace=True)
-
-            runners["posteriors SGLD"] = post_step
-    times = time_interleaved(runners, repeats, steps_per_repeat, device)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    out = {
-        "median_seconds": med,
-        "sgld_over_sgd": med["SGLD"] / med["SGD"],
-        "psgld_over_rmsprop": med["pSGLD"] / med["RMSprop"],
-        "sizes": tuple(sizes),
-        "batch_size": batch_size,
-        "repeats": repeats,
-        "steps_per_repeat": steps_per_repeat,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
-    if "posteriors SGLD" in med:
-        out["posteriors_sgld_over_bdk_sgld"] = med["posteriors SGLD"] / med["SGLD"]
-    return out
-
-
-def predictive_speedup(
-    sizes: Sequence[int] = (784, 400, 400, 10),
-    num_samples: int = 100,
-    num_inputs: int = 1000,
-    repeats: int = 5,
-    device=None,
-) -> dict:
-    """Time the predictive of ``num_samples`` stored MLPs on ``num_inputs`` inputs: loop vs vmap vs fast path.
-
-    Five variants of :meth:`bdk.samplers.PosteriorSamples.forward_all` are interleaved (the order
-    rotates each repeat): a Python loop over samples; ``vmap`` over all samples in one call and in the
-    store's default chunks; the stacked-weight fast path in one call and in default chunks. Returns the
-    median seconds, the speed-ups over the loop, the default chunk size, and the largest difference
-    between the variants' outputs (they must agree).
-    """
-    device = _device(device)
-    torch.manual_seed(0)
-    model = make_mlp(sizes).to(device)
-    store = PosteriorSamples(model, max_samples=num_samples)
-    with torch.no_grad():
-        for _ in range(num_samples):
-            for p in model.parameters():
-                p.normal_(0, 1 / math.sqrt(p.shape[-1]))
-            store.add()
-    x = torch.rand(num_inputs, sizes[0], device=device)
-    # (label, method, chunk_size): None is the store's default chunking (cache-sized on a CPU)
-    variants = [("loop", "loop", None), ("vmap, one call", "vmap", num_samples), ("vmap, chunked", "vmap", None),
-                ("fast, one call", "fast", num_samples), ("fast, chunked", "fast", None)]
-    ref = store.forward_all(x, method="loop")
-    max_diff = 0.0
-    for _, method, chunk in variants:  # warm-up and agreement
-        max_diff = max(max_diff, (store.forward_all(x, method=method, chunk_size=chunk) - ref).abs().max().item())
-    scale = ref.abs().max().item()
-    del ref
-    from .bench import time_interleaved
-
-    runners = {label: functools.partial(store.forward_all, x, method=method, chunk_size=chunk)
-               for label, method, chunk in variants}
-    times = time_interleaved(runners, repeats, 1, device, warmup=0)  # warmed up by the agreement check
-    med = {label: statistics.median(v) for label, v in times.items()}
-    return {
-        "median_seconds": med,
-        "speedup_over_loop": {label: med["loop"] / t for label, t in med.items()},
-        "default_chunk_size": store._chunk_size(x, None),
-        "max_abs_diff": max_diff,
-        "output_scale": scale,
-        "sizes": tuple(sizes),
-        "num_samples": num_samples,
-        "num_inputs": num_inputs,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -986,11 +776,9 @@ def posteriors_crosscheck(
     Raises:
         ImportError: if ``posteriors`` is not installed (it is a test/reference dependency).
     """
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from posteriors.sgmcmc import sgld as post_sgld
+        from posteriors.sgmcmc import sgld as post_sgld  # optional: the reference package
 
     A = torch.tensor([[2.0, 1.2], [1.2, 1.5]], dtype=torch.float64)
     torch.manual_seed(seed)
@@ -1033,8 +821,6 @@ def posteriors_crosscheck(
 
 
 def _register() -> None:
-    from .registry import Experiment, register
-
     def sub(name):
         return {p: getattr(c, name) for p, c in CONFIGS.items()}
 

