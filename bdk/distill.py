@@ -23,8 +23,8 @@ The teacher's SGLD steps follow the book's one scaling convention (``book/conven
 scaling convention"): ``bdk.samplers.SGLD`` with the minibatch potential of
 ``bdk.samplers.neg_log_posterior``. The module also holds the tools the chapter needs around the
 algorithm: a vectorised ensemble predictive (``torch.func.vmap`` over stacked samples), running
-ensemble averages, and a many-chain Hamiltonian Monte Carlo sampler on the flat parameter vector of a
-small MLP that gives the toy problems their exact-MCMC reference.
+ensemble averages, and the potential of a small MLP on its flat parameter vector, which
+``bdk.langevin.hmc`` samples for the toy problems' exact-MCMC reference.
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ __all__ = [
     "mlp_value_and_grad_flat",
     "MLPPotential",
     "mlp_potential",
-    "hmc",
     "stack_samples",
     "categorical_kl",
     "gaussian_kl",
@@ -1302,7 +1301,7 @@ class MLPPotential(Potential):
     of an MLP on its flat parameter vector, a :class:`bdk.langevin.Potential` of dimension
     :math:`P` = ``mlp_num_params(sizes)``: ``U`` maps ``(C, P) -> (C,)`` and ``grad_U`` is autograd's
     (the conventions page's :math:`U`; the same potential ``bdk.samplers.neg_log_posterior``
-    estimates, constants included for regression). Built by :func:`mlp_potential`; :func:`hmc` samples
+    estimates, constants included for regression). Built by :func:`mlp_potential`; ``bdk.langevin.hmc`` samples
     it for the toy problems' references (chapter 6)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], prior_precision: float,
@@ -1334,103 +1333,6 @@ def mlp_potential(x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], prior_
     """The :class:`MLPPotential` of the MLP ``sizes`` on the data ``(x, y)`` (a batched potential
     ``(C, P) -> (C,)``; see there)."""
     return MLPPotential(x, y, sizes, prior_precision, likelihood, noise_precision)
-
-
-def hmc(
-    U: Callable[[torch.Tensor], torch.Tensor],
-    x0: torch.Tensor,
-    step_size: float,
-    num_leapfrog: int,
-    num_samples: int,
-    burn_in: int = 0,
-    thin: int = 1,
-    target_accept: float = 0.8,
-    generator: torch.Generator | None = None,
-    show_progress: bool = True,
-) -> tuple[torch.Tensor, float]:
-    """Hamiltonian Monte Carlo :cite:p:`neal2011hmc` for many independent chains at once (chapter 6).
-
-    Each transition draws :math:`p \\sim \\mathcal N(0, I)`, runs ``num_leapfrog`` leapfrog steps of the
-    Hamiltonian :math:`H = U(\\theta) + \\tfrac12\\lVert p\\rVert^2` and accepts with probability
-    :math:`\\min(1, e^{H_0 - H_1})`, so the chains leave :math:`e^{-U}` exactly invariant (no
-    discretisation bias; the potential follows the conventions page). During ``burn_in`` each
-    chain's step size adapts by Robbins-Monro on the log scale toward ``target_accept``
-    (:math:`\\log\\epsilon \\leftarrow \\log\\epsilon + (\\alpha - \\alpha^*)/\\sqrt{t + 1}`); after it,
-    step sizes are fixed and jittered by ±10 % per transition to avoid periodic orbits.
-
-    Args:
-        U: batched potential ``(C, P) -> (C,)`` (chains are independent).
-        x0: initial states ``(C, P)``.
-        step_size: initial leapfrog step size.
-        num_leapfrog: leapfrog steps per transition.
-        num_samples: transitions kept per chain after the burn-in (before thinning).
-        burn_in: adaptation transitions, discarded.
-        thin: keep every ``thin``-th transition.
-        target_accept: acceptance rate the burn-in aims at.
-        generator: ``torch.Generator`` for momenta, jitter and acceptance.
-        show_progress: a tqdm bar (``bdk.progress``).
-
-    Returns:
-        ``(samples, acceptance_rate)``: samples ``(num_samples // thin, C, P)`` and the mean acceptance
-        probability after the burn-in.
-
-    Raises:
-        ValueError: for a non-positive step size or counts that do not make sense.
-    """
-    if step_size <= 0 or num_leapfrog < 1 or num_samples < 1 or burn_in < 0 or thin < 1:
-        raise ValueError("hmc needs step_size > 0, num_leapfrog >= 1, num_samples >= 1, burn_in >= 0 and thin >= 1.")
-    if x0.dim() != 2:
-        raise ValueError(f"x0 must be (num_chains, dim), got {tuple(x0.shape)}.")
-    device, dtype = x0.device, x0.dtype
-    C = x0.shape[0]
-
-    def grad_U(theta):
-        with torch.enable_grad():
-            theta = theta.detach().requires_grad_(True)
-            u = U(theta)
-            (g,) = torch.autograd.grad(u.sum(), theta)
-        return u.detach(), g
-
-    theta = x0.detach().clone()
-    u, g = grad_U(theta)
-    log_eps = torch.full((C,), math.log(step_size), device=device, dtype=dtype)
-    kept, accept_sum, accept_n = [], 0.0, 0
-    total = burn_in + num_samples
-    for it in progress(range(total), desc="HMC", disable=not show_progress):
-        eps = log_eps.exp()
-        if it >= burn_in:
-            eps = eps * (1 + 0.1 * (2 * torch.rand(C, device=device, dtype=dtype, generator=generator) - 1))
-        eps_col = eps.unsqueeze(1)
-        p = torch.randn(theta.shape, device=device, dtype=dtype, generator=generator)
-        h0 = u + 0.5 * p.pow(2).sum(-1)
-        q, gq = theta, g
-        p = p - 0.5 * eps_col * gq
-        for k in range(num_leapfrog):
-            q = q + eps_col * p
-            uq, gq = grad_U(q)
-            if k < num_leapfrog - 1:
-                p = p - eps_col * gq
-        p = p - 0.5 * eps_col * gq
-        h1 = uq + 0.5 * p.pow(2).sum(-1)
-        log_alpha = torch.nan_to_num(h0 - h1, nan=-math.inf).clamp(max=0.0)
-        accept = torch.rand(C, device=device, dtype=dtype, generator=generator).log() < log_alpha
-        theta = torch.where(accept.unsqueeze(1), q, theta)
-        u = torch.where(accept, uq, u)
-        g = torch.where(accept.unsqueeze(1), gq, g)
-        alpha = log_alpha.exp()
-        if it < burn_in:
-            log_eps = log_eps + (alpha - target_accept) / math.sqrt(it + 1.0)
-        else:
-            accept_sum += float(alpha.mean())
-            accept_n += 1
-            if (it - burn_in + 1) % thin == 0:
-                kept.append(theta.clone())
-    return torch.stack(kept), accept_sum / max(accept_n, 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Ensembles at test time: flat parameter vectors to named, stacked parameters
-# --------------------------------------------------------------------------------------------------
 
 
 def stack_samples(model: nn.Module, vectors: Sequence[torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:

@@ -278,23 +278,6 @@ def test_gamma_draws_have_the_gamma_moments():
     assert abs(draws.var().item() - 1.25) < 0.14
 
 
-def test_hmc_samples_a_gaussian():
-    # U = (x1 - 1)^2 / 2 + x2^2 / 8: N((1, 0), diag(1, 4)). 2,000 independent chains; the last state of
-    # each chain is one draw. SE of the mean: sqrt(1/2000) = 0.022 and sqrt(4/2000) = 0.045 (4 SE: 0.09, 0.18);
-    # SE of the variance: var * sqrt(2/2000) = 0.032 and 0.126 (4 SE: 0.13, 0.51).
-    g = torch.Generator().manual_seed(0)
-
-    def U(theta):
-        return 0.5 * (theta[:, 0] - 1) ** 2 + theta[:, 1] ** 2 / 8
-
-    x0 = 5 * torch.randn(2000, 2, generator=g, dtype=torch.float64)
-    samples, acc = D.hmc(U, x0, 0.5, 5, 30, burn_in=60, generator=g, show_progress=False)
-    last = samples[-1]
-    assert 0.6 < acc <= 1.0
-    assert abs(last[:, 0].mean().item() - 1) < 0.09 and abs(last[:, 1].mean().item()) < 0.18
-    assert abs(last[:, 0].var().item() - 1) < 0.13 and abs(last[:, 1].var().item() - 4) < 0.51
-
-
 # ---------------------------------------------------------------------------------------------
 # Resume after an interruption == an uninterrupted run
 # ---------------------------------------------------------------------------------------------
