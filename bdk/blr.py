@@ -41,6 +41,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .cache import progress
+from .langevin import Potential
+
 __all__ = [
     "GaussianBLR",
     "expected_grad_hess",
@@ -239,6 +242,13 @@ def _check_positive_int(value, name):
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
+def _check_prior_precision(prior_precision):
+    if isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)) or not (
+        math.isfinite(prior_precision) and prior_precision >= 0
+    ):
+        raise ValueError(f"prior_precision must be a non-negative finite number, got {prior_precision!r}.")
+
+
 def _check_rate(lr, name="lr"):
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {lr!r}.")
@@ -321,10 +331,7 @@ def expected_grad_hess(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
-    if isinstance(prior_precision, bool) or not isinstance(prior_precision, (int, float)) or not (
-        math.isfinite(prior_precision) and prior_precision >= 0
-    ):
-        raise ValueError(f"prior_precision must be a non-negative finite number, got {prior_precision!r}.")
+    _check_prior_precision(prior_precision)
     d = state.dim
     if method == "delta":
         theta = state.mean[None]
@@ -359,27 +366,38 @@ def expected_grad_hess(
         grad = grad + prior_precision * state.mean
     if hess_fn is None:
         return grad, None
+    return grad, _symmetric_plus_prior(average(_hessians_at(state, theta, grads, hess_fn)), prior_precision)
+
+
+def _hessians_at(state: GaussianBLR, theta: torch.Tensor, grads: torch.Tensor, hess_fn: GradFn | str) -> torch.Tensor:
+    r"""The Hessians at the draws ``theta`` ``(k, d)``: ``hess_fn``'s, or Stein's :math:`S(\theta_k - m)\nabla\ell(\theta_k)^\top`.
+
+    Shape ``(k, d, d)``, or ``(k, d)`` (their diagonals) for a diagonal state.
+    """
+    k, d = theta.shape
     if isinstance(hess_fn, str):  # Stein's lemma: E_q[hess] = E_q[S (theta - m) grad^T]
         diff = theta - state.mean
         if state.is_diagonal:
-            hess_values = state.precision * diff * grads
-        else:
-            scaled = diff @ state.precision  # rows: (S (theta_k - m))^T, S symmetric
-            hess_values = scaled[:, :, None] * grads[:, None, :]
-    else:
-        shapes = ((k, d, d), (k, d)) if state.is_diagonal else ((k, d, d),)
-        hess_values = _call(hess_fn, theta, "hess_fn", shapes)
+            return state.precision * diff * grads
+        scaled = diff @ state.precision  # rows: (S (theta_k - m))^T, S symmetric
+        return scaled[:, :, None] * grads[:, None, :]
+    shapes = ((k, d, d), (k, d)) if state.is_diagonal else ((k, d, d),)
+    hess_values = _call(hess_fn, theta, "hess_fn", shapes)
     if state.is_diagonal and hess_values.ndim == 3:
         hess_values = torch.diagonal(hess_values, dim1=1, dim2=2)
-    hess = average(hess_values)
+    return hess_values
+
+
+def _symmetric_plus_prior(hess: torch.Tensor, prior_precision: float) -> torch.Tensor:
+    r"""An averaged Hessian (full: symmetrised) plus the prior's :math:`\lambda I` (diagonal: :math:`\lambda`)."""
     if hess.ndim == 2:
         hess = 0.5 * (hess + hess.T)
     if prior_precision:
         if hess.ndim == 2:
-            hess = hess + prior_precision * torch.eye(d, dtype=hess.dtype, device=hess.device)
+            hess = hess + prior_precision * torch.eye(hess.shape[0], dtype=hess.dtype, device=hess.device)
         else:
             hess = hess + prior_precision
-    return grad, hess
+    return hess
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,13 +463,10 @@ def blr_step(
     """
     _check_rate(lr)
     if update_precision:
-        if lr > 1:
-            raise ValueError(
-                f"lr must be in (0, 1] when the precision is updated (got {lr}); "
-                "use update_precision=False for a gradient step with a larger rate."
-            )
-        if hess_fn is None:
-            raise ValueError("hess_fn is required when update_precision=True.")
+        _check_precision_update(lr, hess_fn)
+        if method == "mc":
+            return von_step(state, grad_fn, hess_fn, lr=lr, num_samples=num_samples, generator=generator,
+                            prior_precision=prior_precision)
     grad, hess = expected_grad_hess(
         state,
         grad_fn,
@@ -462,25 +477,52 @@ def blr_step(
         quadrature_points=quadrature_points,
         prior_precision=prior_precision,
     )
-    if update_precision:
-        precision = (1.0 - lr) * state.precision + lr * hess
-    else:
-        precision = state.precision
+    precision = (1.0 - lr) * state.precision + lr * hess if update_precision else state.precision
+    return _new_state(state.mean - _rate_times_inverse(precision, grad, lr), precision)
+
+
+def _check_precision_update(lr, hess_fn):
+    if lr > 1:
+        raise ValueError(
+            f"lr must be in (0, 1] when the precision is updated (got {lr}); "
+            "use update_precision=False for a gradient step with a larger rate."
+        )
+    if hess_fn is None:
+        raise ValueError("hess_fn is required when update_precision=True.")
+    if isinstance(hess_fn, str) and hess_fn != "reparam":
+        raise ValueError(f"hess_fn must be a function or 'reparam'; got {hess_fn!r}.")
+
+
+def _check_von_arguments(lr, hess_fn, num_samples, prior_precision):
+    _check_rate(lr)
+    _check_precision_update(lr, hess_fn)
+    _check_positive_int(num_samples, "num_samples")
+    _check_prior_precision(prior_precision)
+
+
+def _rate_times_inverse(precision: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
+    r""":math:`\rho\, S^{-1} g` for a diagonal ``(d,)`` or full ``(d, d)`` precision :math:`S`.
+
+    Raises:
+        ValueError: if :math:`S` is not positive (definite).
+    """
     if precision.ndim == 1:
         if not (precision > 0).all():
             raise ValueError(
                 "the new diagonal precision is not positive (the expected Hessian estimate was negative); "
                 "lower lr, use more samples, or use a convex loss."
             )
-        mean = state.mean - lr * grad / precision
-    else:
-        chol, info = torch.linalg.cholesky_ex(precision)
-        if info.item() != 0:
-            raise ValueError(
-                "the new precision is not positive definite (the expected Hessian estimate is indefinite); "
-                "lower lr, use more samples, or use a convex loss."
-            )
-        mean = state.mean - lr * torch.cholesky_solve(grad[:, None], chol)[:, 0]
+        return lr * grad / precision
+    chol, info = torch.linalg.cholesky_ex(precision)
+    if info.item() != 0:
+        raise ValueError(
+            "the new precision is not positive definite (the expected Hessian estimate is indefinite); "
+            "lower lr, use more samples, or use a convex loss."
+        )
+    return lr * torch.cholesky_solve(grad[:, None], chol)[:, 0]
+
+
+def _new_state(mean: torch.Tensor, precision: torch.Tensor) -> GaussianBLR:
     if not torch.isfinite(mean).all():
         raise FloatingPointError("the new mean is not finite; lower lr or check the loss.")
     return GaussianBLR._unchecked(mean, precision)
@@ -498,18 +540,25 @@ def von_step(
 ) -> GaussianBLR:
     r"""One step of variational online Newton (VON): the BLR with Monte Carlo expectations (chapter 4).
 
-    .. math::
-        \theta_k = m + L^{-\top}\varepsilon_k,\ \varepsilon_k \sim \mathcal N(0, I),\quad
-        S' = (1-\rho) S + \frac{\rho}{K}\sum_k \nabla^2\ell(\theta_k),\quad
-        m' = m - \rho\, S'^{-1} \frac1K \sum_k \nabla\ell(\theta_k)
+    With :math:`K` draws from :math:`q = \mathcal N(m, S^{-1})`, :math:`S = LL^\top`
+    :cite:`khan2018vadam,khan2023blr`:
 
-    :cite:`khan2018vadam,khan2023blr`. Equivalent to ``blr_step(..., method="mc")``.
+    .. math::
+        \theta_k &= m + L^{-\top}\varepsilon_k,\quad \varepsilon_k \sim \mathcal N(0, I), \\
+        \hat g &= \frac1K \sum_k \nabla\ell(\theta_k) + \lambda m, \qquad
+        \hat H = \frac1K \sum_k \nabla^2\ell(\theta_k) + \lambda I, \\
+        S' &= (1-\rho)\, S + \rho\, \hat H, \qquad
+        m' = m - \rho\, S'^{-1} \hat g.
+
+    ``hess_fn="reparam"`` replaces :math:`\nabla^2\ell(\theta_k)` by Stein's
+    :math:`S(\theta_k - m)\nabla\ell(\theta_k)^\top` (symmetrised), which needs gradients only
+    (:func:`expected_grad_hess`). :func:`blr_step` with ``method="mc"`` runs this function.
 
     Args:
         state: the current :class:`GaussianBLR` (full or diagonal precision).
         grad_fn: maps ``(k, d)`` to gradients ``(k, d)``.
         hess_fn: maps ``(k, d)`` to Hessians ``(k, d, d)`` (or diagonals ``(k, d)`` for a diagonal state),
-            or ``"reparam"`` for the gradient-only Stein estimate (:func:`expected_grad_hess`).
+            or ``"reparam"`` for the gradient-only Stein estimate.
         lr: :math:`\rho \in (0, 1]`.
         num_samples: :math:`K`, the Monte Carlo draws per step.
         generator: a ``torch.Generator`` for reproducible draws.
@@ -518,11 +567,21 @@ def von_step(
 
     Returns:
         The new :class:`GaussianBLR`.
+
+    Raises:
+        ValueError: on bad arguments, or if :math:`S'` is not positive definite (lower ``lr`` or add draws).
+        FloatingPointError: if a gradient, a Hessian or :math:`m'` is not finite.
     """
-    return blr_step(
-        state, grad_fn, hess_fn, lr=lr, method="mc", num_samples=num_samples, generator=generator,
-        prior_precision=prior_precision,
-    )
+    _check_von_arguments(lr, hess_fn, num_samples, prior_precision)
+    m, S, lam = state.mean, state.precision, prior_precision
+    theta = state.sample(num_samples, generator=generator)  # theta_k = m + L^-T eps_k
+    grads = _call(grad_fn, theta, "grad_fn", (tuple(theta.shape),))  # grad l(theta_k)
+    hessians = _hessians_at(state, theta, grads, hess_fn)  # hess l(theta_k), or Stein's estimate
+    g_hat = grads.mean(0) + lam * m  # mean_k grad l(theta_k) + lam m
+    H_hat = _symmetric_plus_prior(hessians.mean(0), lam)  # mean_k hess l(theta_k) + lam I
+    S_new = (1.0 - lr) * S + lr * H_hat  # S' = (1 - rho) S + rho H_hat
+    m_new = m - _rate_times_inverse(S_new, g_hat, lr)  # m' = m - rho S'^-1 g_hat
+    return _new_state(m_new, S_new)
 
 
 def run_blr(
@@ -559,8 +618,6 @@ def run_blr(
         ValueError: naming the step, if the precision stops being positive definite.
     """
     _check_positive_int(num_steps, "num_steps")
-    from .cache import progress
-
     means, precisions = [state.mean], [state.precision]
     steps = range(num_steps)
     if show_progress:
@@ -865,7 +922,7 @@ def _check_xy(x, y, name):
         raise TypeError(f"{name}: x must be floating point, got {x.dtype}.")
 
 
-class LogisticRegressionPotential:
+class LogisticRegressionPotential(Potential):
     r"""The potential of Bayesian logistic regression, with closed-form gradient and Hessian (chapter 4).
 
     .. math::
@@ -876,7 +933,8 @@ class LogisticRegressionPotential:
 
     labels :math:`y_i \in \{0, 1\}`, prior :math:`\mathcal N(0, \lambda^{-1} I)` (the book's one scaling
     convention: summed over the data). A minibatch ``batch`` (indices) gives the unbiased estimate with
-    the likelihood scaled by :math:`N/n`. ``theta`` is ``(d,)`` or a batch ``(k, d)``.
+    the likelihood scaled by :math:`N/n`. ``theta`` is ``(d,)`` or a batch ``(k, d)``: a
+    :class:`bdk.langevin.Potential`, the interface that the samplers of chapters 1 and 3 take.
 
     Args:
         x: inputs ``(N, d)``, floating point (add a column of ones for a bias).
@@ -890,6 +948,7 @@ class LogisticRegressionPotential:
             raise ValueError("LogisticRegressionPotential: labels y must be 0 or 1.")
         if not (prior_precision >= 0):
             raise ValueError(f"prior_precision must be >= 0, got {prior_precision!r}.")
+        super().__init__()
         self.x = x
         self.y = y.to(x.dtype)
         self.prior_precision = float(prior_precision)
@@ -938,7 +997,7 @@ class LogisticRegressionPotential:
         return out[0] if single else out
 
 
-class LinearRegressionPotential:
+class LinearRegressionPotential(Potential):
     r"""The potential of Bayesian linear regression, a conjugate model with a closed-form posterior (chapter 4).
 
     .. math::
@@ -948,7 +1007,8 @@ class LinearRegressionPotential:
 
     with noise precision :math:`\tau` and prior :math:`\mathcal N(0, \lambda^{-1}I)`. The gradient is
     linear and the Hessian :math:`\Lambda` constant, so the delta method is exact and one BLR step with
-    :math:`\rho = 1` lands on the posterior :cite:`khan2023blr`.
+    :math:`\rho = 1` lands on the posterior :cite:`khan2023blr`. ``theta`` is ``(d,)`` or a batch
+    ``(k, d)``: a :class:`bdk.langevin.Potential`.
 
     Args:
         x: design matrix ``(N, d)``.
@@ -963,6 +1023,7 @@ class LinearRegressionPotential:
             raise ValueError(f"noise_precision must be > 0, got {noise_precision!r}.")
         if not (prior_precision >= 0):
             raise ValueError(f"prior_precision must be >= 0, got {prior_precision!r}.")
+        super().__init__()
         self.x, self.y = x, y.to(x.dtype)
         self.noise_precision = float(noise_precision)
         self.prior_precision = float(prior_precision)
