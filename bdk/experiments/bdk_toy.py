@@ -20,6 +20,7 @@ import torch
 from .. import distill as D
 from .._runtime import get_device, one_cpu_thread, seeded_generator
 from ..data import TOY2D_DOMAIN, toy_classification_2d
+from ..langevin import hmc
 from .distill_common import (adam_student, alive_units, checkpointer, kl_label, num_params, paper_numbers,
                              run_distiller, toy_run_note, train_map)
 from .registry import Experiment, register
@@ -108,7 +109,7 @@ def toy_classification(cfg: ToyClassificationConfig) -> dict:
     g = seeded_generator(cfg.seed, device)
     U = D.mlp_potential(x, y, sizes, cfg.prior_precision)
     x0 = torch.randn(cfg.hmc_chains, P, device=device, generator=g) / math.sqrt(cfg.prior_precision)
-    samples, acceptance = D.hmc(U, x0, cfg.hmc_step_size, cfg.hmc_leapfrog, cfg.hmc_samples, burn_in=cfg.hmc_burn_in, generator=g)
+    samples, acceptance = hmc(U, x0, cfg.hmc_step_size, cfg.hmc_leapfrog, cfg.hmc_samples, burn_in=cfg.hmc_burn_in, generator=g)
     chains_a, chains_b = samples[:, : cfg.hmc_chains // 2], samples[:, cfg.hmc_chains // 2:]
 
     def flat_predictive(theta):

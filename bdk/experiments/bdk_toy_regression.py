@@ -19,6 +19,7 @@ from torch import nn
 from .. import distill as D
 from .._runtime import get_device, one_cpu_thread, seeded_generator
 from ..data import toy_regression_1d
+from ..langevin import hmc
 from ..plotting import method_color
 from .distill_common import (adam_student, alive_units, checkpointer, kl_label, paper_numbers, run_distiller,
                              toy_run_note, train_map)
@@ -99,7 +100,7 @@ def toy_regression(cfg: ToyRegressionConfig) -> dict:
     g = seeded_generator(cfg.seed, device)
     U = D.mlp_potential(x, y, sizes, cfg.prior_precision, "regression", tau)
     x0 = torch.randn(cfg.hmc_chains, P, device=device, generator=g) / math.sqrt(cfg.prior_precision) * 0.3
-    samples, acceptance = D.hmc(U, x0, cfg.hmc_step_size, cfg.hmc_leapfrog, cfg.hmc_samples, burn_in=cfg.hmc_burn_in, generator=g)
+    samples, acceptance = hmc(U, x0, cfg.hmc_step_size, cfg.hmc_leapfrog, cfg.hmc_samples, burn_in=cfg.hmc_burn_in, generator=g)
 
     def moments(theta):
         f = torch.cat([D.mlp_forward_flat(c, grid, sizes).squeeze(-1) for c in theta.reshape(-1, P).split(4096)])
