@@ -404,6 +404,25 @@ def test_alive_units_counts_relus_positive_somewhere_on_the_box():
     assert E.alive_units(model, -3.0, 3.0) == [3, 2]
 
 
+def test_toy_experiments_run_end_to_end_at_a_tiny_size():
+    """Both toy experiments of chapter 6 (HMC reference, SGD, distilled SGLD, scores) run through at a
+    tiny size and give finite KL values for every method, and the regression's student is one of its
+    candidates."""
+    import dataclasses
+
+    from bdk.experiments import bdk_toy, bdk_toy_regression
+
+    tiny = dict(hmc_chains=4, hmc_burn_in=5, hmc_samples=5, sgd_iterations=10, iterations=60, burn_in=20, thin=5)
+    cls = bdk_toy.toy_classification(dataclasses.replace(bdk_toy.TOY_CLASSIFICATION_CONFIGS["quick"], grid_size=10, **tiny))
+    assert set(cls["kl"]) == {"SGD", "SGLD", *(f"Distilled {n}" for n in bdk_toy.TOY_STUDENTS)}
+    assert all(math.isfinite(v) and v >= 0 for v in cls["kl"].values())
+    assert cls["sgld_num_samples"] == (60 - 20) // 5 and cls["predictive"]["HMC"].shape == (100,)
+    reg = bdk_toy_regression.toy_regression(dataclasses.replace(
+        bdk_toy_regression.TOY_REGRESSION_CONFIGS["quick"], grid_size=20, student_lr_candidates=(1e-2, 1e-3), **tiny))
+    assert set(reg["kl"]) == {"SGD", "SGLD", "Distilled SGLD"} and all(math.isfinite(v) for v in reg["kl"].values())
+    assert reg["student_chosen"] in reg["student_candidates"] and reg["predictive"]["HMC"]["sd"].shape == (20,)
+
+
 @pytest.mark.parametrize("mc_samples", [1, 3])
 def test_ivon_teacher_steps_like_the_reference_usage_of_ivon(mc_samples):
     """IVONTeacher.step against the usage that the ivon-opt package documents (``zero_grad`` inside the

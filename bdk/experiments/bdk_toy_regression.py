@@ -106,7 +106,7 @@ def toy_regression(cfg: ToyRegressionConfig) -> dict:
         f = torch.cat([D.mlp_forward_flat(c, grid, sizes).squeeze(-1) for c in theta.reshape(-1, P).split(4096)])
         return {"mean": f.mean(0), "var": f.var(0) + 1 / tau}
 
-    hmc = moments(samples)
+    exact = moments(samples)
     half_a, half_b = moments(samples[:, : cfg.hmc_chains // 2]), moments(samples[:, cfg.hmc_chains // 2:])
     seconds["HMC"] = time.perf_counter() - t0
 
@@ -150,10 +150,10 @@ def toy_regression(cfg: ToyRegressionConfig) -> dict:
     inside = (grid[:, 0] >= -4) & (grid[:, 0] <= 4)
 
     def kl(pred, where=slice(None)):
-        return float(D.gaussian_kl(hmc["mean"], hmc["var"], pred["mean"], pred["var"])[where].mean())
+        return float(D.gaussian_kl(exact["mean"], exact["var"], pred["mean"], pred["var"])[where].mean())
 
     student_pred = {"mean": s_mean, "var": s_var}
-    preds = {"HMC": hmc, "SGD": sgd, "SGLD": sgld, "Distilled SGLD": student_pred}
+    preds = {"HMC": exact, "SGD": sgd, "SGLD": sgld, "Distilled SGLD": student_pred}
     return {
         "x": x.cpu(), "y": y.cpu(), "grid": grid[:, 0].cpu(),
         "predictive": {k: {"mean": v["mean"].cpu(), "sd": v["var"].sqrt().cpu()} for k, v in preds.items()},
