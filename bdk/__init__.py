@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import importlib
 
-from ._runtime import PROFILES, get_device, profile, seed_everything
+from ._runtime import PROFILES, __version__, get_device, profile, seed_everything
 from .cache import Checkpointer, cache_dir, load_or_run, progress
 from .notebook import setup_notebook, show_source
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PROFILES",

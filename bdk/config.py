@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 from typing import Any, Mapping, TypeVar
@@ -58,7 +59,7 @@ def json_default(value: Any) -> Any:
 def to_jsonable(obj):
     """Convert results (tensors, arrays, dataclasses, numbers) to JSON-serialisable values.
 
-    A plain object becomes its class name and its attributes; a non-finite float its ``repr``
+    A plain object becomes its class name and its public attributes; a non-finite float its ``repr``
     (``"nan"``, ``"inf"``). Nothing is written as a ``repr`` that holds a memory address.
 
     Raises:
@@ -83,8 +84,10 @@ def to_jsonable(obj):
         return [to_jsonable(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, str)):
         return obj
-    if hasattr(obj, "__dict__") and not callable(obj):  # a plain object (a potential, say): its class and data
-        return {"__class__": f"{type(obj).__module__}.{type(obj).__qualname__}", **to_jsonable(vars(obj))}
+    if hasattr(obj, "__dict__") and not isinstance(obj, type) and not inspect.isroutine(obj):
+        # a plain object (a potential, say): its class and its public data (not caches such as _cast_cache)
+        data = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+        return {"__class__": f"{type(obj).__module__}.{type(obj).__qualname__}", **to_jsonable(data)}
     raise TypeError(f"results hold a {type(obj).__module__}.{type(obj).__qualname__}, which has no JSON form "
                     "(its repr would carry a memory address); return numbers, arrays, tensors or dicts of them.")
 

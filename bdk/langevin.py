@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import linalg
 
 from .cache import progress as _progress
 
@@ -1455,8 +1456,6 @@ def euler_maruyama_stationary_density_1d(
     Raises:
         ValueError: if the grid does not resolve the kernel or is too large for a dense solve.
     """
-    from scipy import linalg
-
     grad_fn = _resolve_grad(grad_U)
     dx = _check_grid(grid)
     step_size = _check_positive(step_size, "step_size")

@@ -1498,7 +1498,7 @@ def convergence_diagnostics(samples, names: Sequence[str] | None = None) -> dict
     try:  # arviz is an optional dependency (bdk[diagnostics]), imported when first needed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            import arviz as az
+            import arviz as az  # optional: the diagnostics extra
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "convergence_diagnostics needs the optional dependency arviz: `pip install arviz` "

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import linalg
 
 from .langevin import _check_count, _check_generator, _check_particles, _check_positive, _check_thin, run_chains
 
@@ -153,8 +154,6 @@ def stationary_covariance(hessian, noise_cov, lr, method: str = "discrete") -> n
         ValueError: for mismatched shapes, a non-positive rate, an unknown method, or rates for which the
             iteration diverges (a spectral radius of :math:`I - PH` of at least 1).
     """
-    from scipy import linalg
-
     h = np.atleast_2d(_as_array(hessian, "hessian"))
     c = np.atleast_2d(_as_array(noise_cov, "noise_cov"))
     d = h.shape[0]

@@ -20,7 +20,7 @@ from bdk.__main__ import main, to_jsonable
 from bdk.blr import LogisticRegressionPotential
 from bdk.cache import CacheNotWritable, Checkpointer, load_or_run
 from bdk.experiments import registry
-from bdk.experiments.distill import _checkpointer
+from bdk.experiments.distill_common import checkpointer as _checkpointer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ OPTIONAL = {"arviz", "posteriors", "ivon", "torchvision", "IPython", "ipywidgets
 # Function-level imports in files whose owners are still moving them to the top. This list only
 # shrinks: a file leaves it when its imports are fixed (test_known_failures_are_still_failures
 # says when).
-KNOWN_FUNCTION_IMPORTS = {"bdk.langevin", "bdk.samplers", "bdk.sde"}
+KNOWN_FUNCTION_IMPORTS: set[str] = set()
 
 
 @dataclass(frozen=True)

@@ -485,15 +485,6 @@ def test_logistic_map_is_a_stationary_point_and_warm_start_agrees():
     torch.testing.assert_close(cold, warm, rtol=0, atol=1e-9)
 
 
-def test_step_cost_ratios_returns_every_timing():
-    from bdk.experiments.ivon import format_step_costs, step_cost_ratios
-
-    res = step_cost_ratios(hidden=(8,), batch_size=4, repeats=2, steps_per_repeat=1, warmup=1, device="cpu")
-    assert {"SGD", "Adam", "IVON"} <= set(res["ms"]) and all(v > 0 for v in res["ms"].values())
-    assert res["ivon_over_adam"] == pytest.approx(res["ms"]["IVON"] / res["ms"]["Adam"])
-    assert "IVON" in format_step_costs(res)
-
-
 def test_deepcopy_keeps_the_settings_and_the_state():
     x, y = _data()
     model = _mlp()
