@@ -100,6 +100,12 @@ def _check_positive(value, name: str, allow_zero: bool = False) -> float:
     return value
 
 
+def _check_finite(value, name: str) -> float:
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value}.")
+    return float(value)
+
+
 def _check_count(value, name: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
@@ -303,9 +309,7 @@ class DoubleWell(Potential):
     def __init__(self, height: float = 1.0, tilt: float = 0.0):
         super().__init__()
         self.height = _check_positive(height, "height")
-        if not math.isfinite(float(tilt)):
-            raise ValueError(f"tilt must be finite, got {tilt}.")
-        self.tilt = float(tilt)
+        self.tilt = _check_finite(tilt, "tilt")
 
     def __repr__(self) -> str:
         return f"DoubleWell(height={self.height}, tilt={self.tilt})"
@@ -490,9 +494,7 @@ class Banana(Potential):
         super().__init__()
         self.s1 = _check_positive(s1, "s1")
         self.s2 = _check_positive(s2, "s2")
-        if not math.isfinite(float(b)):
-            raise ValueError(f"b must be finite, got {b}.")
-        self.b = float(b)
+        self.b = _check_finite(b, "b")
 
     def __repr__(self) -> str:
         return f"Banana(s1={self.s1}, s2={self.s2}, b={self.b})"
