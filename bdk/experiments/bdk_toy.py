@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Mapping
 
 import matplotlib.pyplot as plt
@@ -23,6 +22,7 @@ from ..data import TOY2D_DOMAIN, toy_classification_2d
 from ..langevin import hmc
 from .distill_common import (adam_student, alive_units, checkpointer, kl_label, num_params, paper_numbers,
                              run_distiller, toy_run_note, train_map)
+from .distill_configs import TOY_CLASSIFICATION_CONFIGS, ToyClassificationConfig
 from .registry import Experiment, register
 from .tables import markdown_table
 
@@ -42,46 +42,6 @@ __all__ = [
     "paper_numbers",
 ]
 
-
-@dataclass(frozen=True)
-class ToyClassificationConfig:
-    """Settings of the toy 2-D classification (the paper's step sizes and prior were not found; ours)."""
-
-    num_per_class: int = 10
-    data_seed: int = 0
-    prior_precision: float = 1.0
-    grid_size: int = 50
-    hmc_chains: int = 100
-    hmc_burn_in: int = 100
-    hmc_samples: int = 100
-    hmc_leapfrog: int = 10
-    hmc_step_size: float = 0.05
-    sgd_iterations: int = 1000
-    sgd_lr: float = 0.05
-    teacher_lr: float = 0.01
-    batch_size: int = 10
-    iterations: int = 3500
-    burn_in: int = 500
-    thin: int = 5
-    student_lr: float = 1e-3
-    student_final_lr_fraction: float = 0.02
-    student_prior_precision: float = 0.0
-    student_batch_size: int = 100
-    checkpoint_every: int = 0
-    seed: int = 0
-
-
-# The students' Adam rate is chosen per profile among 1e-2, 3e-3, 1e-3 (and 3e-4 for the paper's
-# length) by the mean KL from the SGLD ensemble to the three students on the grid: a criterion that
-# uses the teacher only, never the HMC reference the table scores them by. A larger rate kills
-# hidden units (ReLUs that are negative on the whole input square), which is what held the students
-# of an earlier rate of 1e-2 at KL 0.017-0.019 whatever their size.
-TOY_CLASSIFICATION_CONFIGS = {
-    "quick": ToyClassificationConfig(),
-    "paper": ToyClassificationConfig(hmc_chains=400, hmc_burn_in=1000, hmc_samples=1000, hmc_leapfrog=20,
-                                     iterations=100_500, burn_in=500, thin=100, student_lr=3e-4,
-                                     checkpoint_every=20_000),
-}
 
 TOY_STUDENTS = {"2-10-2": (2, 10, 2), "2-100-2": (2, 100, 2), "2-10-10-2": (2, 10, 10, 2)}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
@@ -23,6 +22,7 @@ from ..langevin import hmc
 from ..plotting import method_color
 from .distill_common import (adam_student, alive_units, checkpointer, kl_label, paper_numbers, run_distiller,
                              toy_run_note, train_map)
+from .distill_configs import TOY_REGRESSION_CONFIGS, ToyRegressionConfig
 from .registry import Experiment, register
 from .tables import markdown_table
 
@@ -36,47 +36,6 @@ __all__ = [
     "plot_toy_regression",
     "paper_numbers",
 ]
-
-
-@dataclass(frozen=True)
-class ToyRegressionConfig:
-    """Settings of the cubic toy (teacher 1-100-1 and sigma = 3 as the MXNet demo; our step sizes and prior;
-    the teacher uses the full batch of 20 points)."""
-
-    num_points: int = 20
-    noise_std: float = 3.0
-    data_seed: int = 0
-    hidden: int = 100
-    prior_precision: float = 1.0
-    plot_limits: tuple = (-6.0, 6.0)
-    grid_size: int = 200
-    hmc_chains: int = 64
-    hmc_burn_in: int = 150
-    hmc_samples: int = 100
-    hmc_leapfrog: int = 10
-    hmc_step_size: float = 0.002
-    sgd_iterations: int = 1000
-    sgd_lr: float = 0.001
-    teacher_lr: float = 1.5e-3
-    batch_size: int = 20
-    iterations: int = 5000
-    burn_in: int = 1000
-    thin: int = 10
-    student_lr: float = 1e-2
-    student_lr_candidates: tuple = ()
-    student_final_lr_fraction: float = 0.02
-    student_prior_precision: float = 1e-3
-    student_batch_size: int = 50
-    checkpoint_every: int = 0
-    seed: int = 0
-
-
-TOY_REGRESSION_CONFIGS = {
-    "quick": ToyRegressionConfig(),
-    "paper": ToyRegressionConfig(hmc_chains=256, hmc_burn_in=1000, hmc_samples=1000, hmc_leapfrog=20,
-                                 sgd_iterations=5000, iterations=201_000, burn_in=1000, thin=20,
-                                 student_lr_candidates=(1e-2, 3e-3, 1e-3), checkpoint_every=20_000),
-}
 
 
 def regression_student(num_inputs: int, hidden: int) -> nn.Module:

