@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every comparison the bench must make (issue: SGLD/SGD, pSGLD/RMSprop, IVON/Adam, the reference
 # packages, distillation, the vectorised predictive, student vs ensemble).
-REQUIRED = ("SGLD step / SGD step", "pSGLD step / RMSprop step", "IVON step / Adam step", "posteriors SGLD / bdk SGLD",
+REQUIRED = ("SGLD step / (SGD step + N(0,1) draw)", "IVON step / (Adam step + N(0,1) draw)", "SGLD step / SGD step", "pSGLD step / RMSprop step", "IVON step / Adam step", "posteriors SGLD / bdk SGLD",
             "ivon-opt IVON / bdk IVON", "distillation iteration / SGLD step",
             "vectorised predictive speed-up, MNIST MLP", "vectorised predictive speed-up, toy",
             "ensemble / student at test time", "Boston: 20 stacked splits / 1 split")
