@@ -29,6 +29,7 @@ from ..data import toy_classification_2d, toy_regression_1d
 from ..plotting import method_color
 from ..timing import Stopwatch
 from .registry import Experiment, register
+from .tables import markdown_table
 
 __all__ = [
     "BLRConfig",
@@ -482,35 +483,6 @@ def von_vs_references(cfg: BLRConfig) -> dict:
         "von_state": GaussianBLR(von_mean, torch.linalg.inv(von_cov)),
         "seconds": seconds,
     }
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None, formats: dict | None = None) -> str:
-    """A Markdown table of ``rows`` (dicts with the same keys), for ``display(Markdown(...))``. Chapter 4.
-
-    Args:
-        rows: the table's rows; their keys are the column names.
-        columns: the columns to show, in order (default: all, in the first row's order).
-        formats: format specs per column, e.g. ``{"max |difference|": ".1e"}``; other floats get 4 digits.
-
-    Returns:
-        The table as Markdown text.
-    """
-    if not rows:
-        raise ValueError("rows is empty: there is nothing to tabulate.")
-    columns = list(rows[0]) if columns is None else list(columns)
-    formats = formats or {}
-
-    def escape(text):  # a "|" inside a cell would end the cell
-        return str(text).replace("|", "\\|")
-
-    def cell(key, value):
-        if isinstance(value, float):
-            return format(value, formats.get(key, ".4f"))
-        return escape(value)
-
-    lines = ["| " + " | ".join(map(escape, columns)) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(k, row[k]) for k in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def summary_table(res: dict) -> list[dict]:
