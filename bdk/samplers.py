@@ -29,14 +29,13 @@ import copy
 import math
 import numbers
 import warnings
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .cache import progress as _progress
 from .langevin import _has_diverged, run_chains
 
 __all__ = [
@@ -413,7 +412,7 @@ class SGLD(torch.optim.Optimizer):
         self.generator = generator
         self.num_steps = 0
         self.check_finite = bool(check_finite)
-        self._own_generator: torch.Generator | None = None
+        self._own_generators: dict[str, torch.Generator] = {}  # device -> generator, without a user generator
         self._buffers = _FlatBuffers()
 
     def add_param_group(self, param_group: dict) -> None:
@@ -498,15 +497,16 @@ class SGLD(torch.optim.Optimizer):
         return loss
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        """The noise generator: the user's, or one of the optimizer's own, seeded from PyTorch's global
-        generator at the first draw (so ``torch.manual_seed`` decides the noise, and ``state_dict``
-        holds everything a resumed run needs)."""
+        """The noise generator: the user's, or the optimizer's own for ``device``, seeded from PyTorch's
+        global generator at its first draw (so ``torch.manual_seed`` decides the noise, and
+        ``state_dict`` holds everything a resumed run needs)."""
         if self.generator is not None:
             return self.generator
-        if self._own_generator is None:
+        key = str(torch.device(device))
+        if key not in self._own_generators:
             seed = int(torch.randint(0, 2**62, (1,)).item())
-            self._own_generator = torch.Generator(device=device).manual_seed(seed)
-        return self._own_generator
+            self._own_generators[key] = torch.Generator(device=device).manual_seed(seed)
+        return self._own_generators[key]
 
     def _standard_normal(self, params: list[torch.Tensor], temperature: float) -> list[torch.Tensor | None]:
         """:math:`\\xi \\sim \\mathcal N(0, I)` for every parameter, drawn by one ``normal_`` call per
@@ -526,23 +526,43 @@ class SGLD(torch.optim.Optimizer):
         sgld_step(params, [p.grad for p in params], lr, temperature, noise)
 
     def state_dict(self):
-        """The optimizer state plus the step count and the noise generator's state (for exact resume)."""
+        """The optimizer state plus the step count and the noise generators' states (for exact resume)."""
         state = super().state_dict()
         state["num_steps"] = self.num_steps
-        rng = self.generator if self.generator is not None else self._own_generator
-        state["generator"] = None if rng is None else {"device": str(rng.device), "state": rng.get_state()}
+        if self.generator is not None:
+            state["generator"] = {str(self.generator.device): self.generator.get_state()}
+        else:
+            state["generator"] = {device: g.get_state() for device, g in self._own_generators.items()}
         return state
 
     def load_state_dict(self, state_dict):
-        """Restore :meth:`state_dict`, including the noise generator, so a resumed run is identical."""
+        """Restore :meth:`state_dict`, including the noise generators, so a resumed run is identical.
+
+        Raises:
+            ValueError: for a state written by an older bdk (its noise came from other generators, so
+                the run could not continue as it would have).
+        """
         state_dict = dict(state_dict)
+        if "noise" in state_dict:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: this state was written by an older bdk, whose noise came "
+                "from other generators; a resumed run would mix the two. Delete the checkpoint and start again."
+            )
         self.num_steps = state_dict.pop("num_steps", 0)
-        generator_state = state_dict.pop("generator", None)
+        saved = state_dict.pop("generator", None) or {}
         super().load_state_dict(state_dict)
-        if generator_state is not None:
-            if self.generator is None:
-                self._own_generator = torch.Generator(device=generator_state["device"])
-            (self.generator or self._own_generator).set_state(generator_state["state"])
+        if self.generator is not None:
+            if saved:
+                self.generator.set_state(next(iter(saved.values())))
+            return
+        self._own_generators = {}
+        for device, rng_state in saved.items():
+            if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+                warnings.warn(f"{type(self).__name__}: the saved noise generator of {device} cannot be restored "
+                              "without CUDA; the noise on the new device starts from a fresh seed.", stacklevel=2)
+                continue
+            self._own_generators[device] = torch.Generator(device=device)
+            self._own_generators[device].set_state(rng_state)
 
 
 class pSGLD(SGLD):

@@ -554,3 +554,28 @@ def test_langevin_acceptance_refuses_a_nan_probability():
     theta = torch.tensor([[-1.0], [5.0]])
     with pytest.raises(FloatingPointError, match="NaN for 1 of 2 chains"):
         langevin_acceptance(U, lambda x: x, theta, lr=1e-4, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_state_from_the_former_noise_engine_is_refused():
+    """States written before SGLD drew its noise from its own generator held a "noise" entry; resuming
+    one would continue the chain with other generators, so it is refused with what to do."""
+    p = torch.zeros(3, requires_grad=True)
+    opt = SGLD([p], lr=0.1)
+    state = opt.state_dict()
+    state["noise"] = {"generator": None, "streams": None}
+    with pytest.raises(ValueError, match="older bdk"):
+        SGLD([p], lr=0.1).load_state_dict(state)
+
+
+def test_the_own_noise_generator_is_per_device_and_saved_by_device():
+    p = torch.zeros(4, requires_grad=True)
+    torch.manual_seed(3)
+    opt = SGLD([p], lr=0.1)
+    p.grad = torch.zeros(4)
+    opt.step()
+    state = opt.state_dict()
+    assert list(state["generator"]) == ["cpu"]
+    q = torch.zeros(4, requires_grad=True)
+    other = SGLD([q], lr=0.1)
+    other.load_state_dict(state)
+    assert torch.equal(other._generator(torch.device("cpu")).get_state(), opt._generator(torch.device("cpu")).get_state())
