@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from tqdm.auto import tqdm as _auto_tqdm
 from tqdm.std import tqdm as _text_tqdm
 
 from ._runtime import verbose as _verbose
@@ -278,7 +277,9 @@ def _tqdm():
         import ipywidgets  # noqa: F401  (optional: only to find out whether widgets can render)
     except ImportError:
         return _text_tqdm
-    return _auto_tqdm
+    from tqdm.auto import tqdm  # optional: imported only where widgets render (it warns without ipywidgets)
+
+    return tqdm
 
 
 def progress(iterable: Iterable | None = None, **kwargs) -> Any:
