@@ -29,6 +29,7 @@ ensemble averages, and the potential of a small MLP on its flat parameter vector
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -39,7 +40,7 @@ from torch.nn import functional as F
 
 from .cache import Checkpointer, progress
 from .langevin import Potential
-from .samplers import SGLD, neg_log_posterior
+from .samplers import SGLD, _mlp_layout, _stacked_mlp_forward, neg_log_posterior
 
 __all__ = [
     "classification_distillation_loss",
@@ -1216,8 +1217,46 @@ def mlp_num_params(sizes: Sequence[int]) -> int:
     return sum((int(a) + 1) * int(b) for a, b in zip(sizes[:-1], sizes[1:]))
 
 
+@functools.lru_cache(maxsize=64)
+def _flat_mlp(sizes: tuple[int, ...]):
+    """The layout of :func:`mlp` ``(sizes)`` for ``_stacked_mlp_forward`` and its parameters' names and
+    shapes in ``parameters_to_vector`` order (weights ``(out, in)`` then bias, layer by layer)."""
+    template = mlp(sizes)
+    return _mlp_layout(template), [(n, p.shape) for n, p in template.named_parameters()]
+
+
+def _unflatten(theta: torch.Tensor, names_shapes) -> dict[str, torch.Tensor]:
+    """``{name: (C, *shape)}`` cut from the rows of ``theta (C, P)`` (views where the strides allow)."""
+    out, offset, C = {}, 0, theta.shape[0]
+    for name, shape in names_shapes:
+        n = shape.numel()
+        out[name] = theta[:, offset:offset + n].reshape(C, *shape)
+        offset += n
+    return out
+
+
+def _flat_inputs(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int]):
+    """Check ``theta (C, P)`` and ``x`` (``(n, d)`` or ``(C, n, d)``) against ``sizes``; return the layout
+    and the stacked parameters."""
+    sizes = tuple(int(s) for s in sizes)
+    if theta.dim() != 2 or theta.shape[1] != mlp_num_params(sizes):
+        raise ValueError(f"theta must be (C, {mlp_num_params(sizes)}) for sizes {sizes}, got {tuple(theta.shape)}.")
+    C = theta.shape[0]
+    if x.dim() == 3:
+        if x.shape[0] != C or x.shape[2] != sizes[0]:
+            raise ValueError(f"per-network inputs must be ({C}, n, {sizes[0]}), got {tuple(x.shape)}.")
+    elif not (x.dim() == 2 and x.shape[1] == sizes[0]):
+        raise ValueError(f"x must be (n, {sizes[0]}) or ({C}, n, {sizes[0]}), got {tuple(x.shape)}.")
+    layout, names_shapes = _flat_mlp(sizes)
+    return layout, _unflatten(theta, names_shapes)
+
+
 def mlp_forward_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     """Evaluate the MLP ``sizes`` for a batch of flat parameter vectors at once.
+
+    The rows of ``theta`` are cut into the stacked weights of :func:`mlp` ``(sizes)`` (views, no
+    copy) and evaluated by the library's one batched-MLP evaluator, the fast path of
+    ``bdk.samplers.StackedMLP`` and ``PosteriorSamples``.
 
     Args:
         theta: ``(C, P)`` parameter vectors (``P = mlp_num_params(sizes)``), layout of
@@ -1229,27 +1268,8 @@ def mlp_forward_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int])
     Returns:
         Outputs ``(C, n, sizes[-1])`` (logits or regression outputs).
     """
-    if theta.dim() != 2 or theta.shape[1] != mlp_num_params(sizes):
-        raise ValueError(f"theta must be (C, {mlp_num_params(sizes)}) for sizes {tuple(sizes)}, got {tuple(theta.shape)}.")
-    C = theta.shape[0]
-    if x.dim() == 3:
-        if x.shape[0] != C or x.shape[2] != sizes[0]:
-            raise ValueError(f"per-network inputs must be ({C}, n, {sizes[0]}), got {tuple(x.shape)}.")
-        h = x
-    elif x.dim() == 2 and x.shape[1] == sizes[0]:
-        h = x.unsqueeze(0).expand(C, *x.shape)
-    else:
-        raise ValueError(f"x must be (n, {sizes[0]}) or ({C}, n, {sizes[0]}), got {tuple(x.shape)}.")
-    offset = 0
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = theta[:, offset:offset + a * b].reshape(C, b, a)
-        offset += a * b
-        bias = theta[:, offset:offset + b]
-        offset += b
-        if i > 0:
-            h = torch.relu(h)
-        h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
-    return h
+    layout, params = _flat_inputs(theta, x, sizes)
+    return _stacked_mlp_forward(layout, params, x)
 
 
 def mlp_value_and_grad_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequence[int],
@@ -1257,10 +1277,13 @@ def mlp_value_and_grad_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequenc
     r"""Losses of ``C`` MLPs and their gradients with respect to the flat parameters, by hand-written
     backpropagation (no autograd graph: for tiny networks the graph costs more than the arithmetic).
 
-    With :math:`z_l = h_{l-1} W_l^\top + b_l`, :math:`h_l = \mathrm{relu}(z_l)` and
-    :math:`\delta_L = \partial \ell / \partial z_L` given by ``loss_and_dout``:
-    :math:`\nabla_{W_l} = \delta_l^\top h_{l-1}`, :math:`\nabla_{b_l} = \sum_n \delta_l`,
-    :math:`\delta_{l-1} = (\delta_l W_l) \odot [z_{l-1} > 0]`. ``tests/test_stacked.py`` checks it
+    The forward pass is :func:`mlp_forward_flat`'s, which keeps the activations feature-major:
+    :math:`z_l = W_l h_{l-1} + b_l` with the inputs along the columns and :math:`h_l = \mathrm{relu}(z_l)`.
+    With :math:`\delta_L = \partial \ell / \partial z_L` from ``loss_and_dout``:
+    :math:`
+abla_{W_l} = \delta_l h_{l-1}^	op`, :math:`
+abla_{b_l} = \sum_n \delta_l`,
+    :math:`\delta_{l-1} = (W_l^	op \delta_l) \odot [h_{l-1} > 0]`. ``tests/test_stacked.py`` checks it
     against autograd through :func:`mlp_forward_flat`.
 
     Args:
@@ -1272,27 +1295,26 @@ def mlp_value_and_grad_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequenc
     Returns:
         ``(losses (C,), grad (C, P))``.
     """
+    layout, params = _flat_inputs(theta, x, sizes)
+    saved: list = []
+    out = _stacked_mlp_forward(layout, params, x, saved)
+    loss, dout = loss_and_dout(out)
+    delta = dout.transpose(1, 2)  # (C, K, n): d loss / d z_L, feature-major
     C = theta.shape[0]
-    h = x if x.dim() == 3 else x.unsqueeze(0).expand(C, *x.shape)
-    weights, inputs, pre = [], [], []
-    offset = 0
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = theta[:, offset:offset + a * b].view(C, b, a)
-        bias = theta[:, offset + a * b:offset + a * b + b]
-        offset += a * b + b
-        if i > 0:
-            pre.append(h)
-            h = torch.relu(h)
-        inputs.append(h)
-        weights.append(w)
-        h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
-    loss, delta = loss_and_dout(h)
+    linears = [name for name, m in layout if isinstance(m, nn.Linear)]
     grads = []
-    for i in range(len(weights) - 1, -1, -1):
-        grads.append(delta.sum(1))
-        grads.append(torch.bmm(delta.transpose(1, 2), inputs[i]).reshape(C, -1))
+    for i in range(len(linears) - 1, -1, -1):
+        h, feature_major = saved[i]  # the layer's input h_{l-1}
+        grads.append(delta.sum(2))  # grad b_l
+        if feature_major:  # (C, in, n)
+            grad_w = torch.bmm(delta, h.transpose(1, 2))
+        elif h.dim() == 2:  # the shared input (n, d): one matrix product for all C networks
+            grad_w = torch.mm(delta.reshape(-1, h.shape[0]), h)
+        else:  # per-network inputs (C, n, d)
+            grad_w = torch.bmm(delta, h)
+        grads.append(grad_w.reshape(C, -1))  # grad W_l, (out, in) row-major
         if i > 0:
-            delta = torch.bmm(delta, weights[i]) * (pre[i - 1] > 0)
+            delta = torch.bmm(params[f"{linears[i]}.weight"].transpose(1, 2), delta) * (h > 0)
     return loss, torch.cat(grads[::-1], 1)
 
 
@@ -1337,18 +1359,13 @@ def mlp_potential(x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int], prior_
 
 def stack_samples(model: nn.Module, vectors: Sequence[torch.Tensor] | torch.Tensor) -> dict[str, torch.Tensor]:
     """Turn flat parameter vectors ``(S, P)`` of ``model`` into a dict of stacked tensors ``name -> (S, ...)``
-    (``bdk.samplers.PosteriorSamples.add`` takes one sample of it at a time)."""
+    (views; ``bdk.samplers.PosteriorSamples.from_stacked`` takes such a dict)."""
     vectors = torch.stack(list(vectors)) if not torch.is_tensor(vectors) else vectors
     names_shapes = [(n, p.shape) for n, p in model.named_parameters()]
     total = sum(math.prod(s) for _, s in names_shapes)
     if vectors.dim() != 2 or vectors.shape[1] != total:
         raise ValueError(f"expected parameter vectors of shape (S, {total}), got {tuple(vectors.shape)}.")
-    out, offset = {}, 0
-    for name, shape in names_shapes:
-        n = math.prod(shape)
-        out[name] = vectors[:, offset:offset + n].reshape(vectors.shape[0], *shape)
-        offset += n
-    return out
+    return _unflatten(vectors, names_shapes)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -976,9 +976,12 @@ def _mlp_layout(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
 
 
 def _stacked_mlp_forward(
-    layout: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor
+    layout: list[tuple[str, nn.Module]], params: dict[str, torch.Tensor], x: torch.Tensor,
+    saved: list | None = None,
 ) -> torch.Tensor:
-    """Evaluate S MLPs with stacked parameters ``params[name] (S, ...)`` on ``x``.
+    """Evaluate S MLPs with stacked parameters ``params[name] (S, ...)`` on ``x``: the one batched-MLP
+    evaluator of the library (``StackedMLP``, ``PosteriorSamples``' fast path, and the flat-vector
+    MLPs of chapter 6, ``bdk.distill.mlp_forward_flat`` and its hand-written backpropagation).
 
     ``layout`` holds Linear layers and elementwise modules only (a leading ``nn.Flatten`` is applied by
     the caller). ``x`` is shared, ``(n, d)``, or per model, ``(S, n, d)``. The activations are kept
@@ -990,11 +993,17 @@ def _stacked_mlp_forward(
     and whose long dimension is the number of inputs. (The input-major form ``H W^T`` has a tiny
     output dimension for small networks, ``out = 2`` say, where batched GEMMs run far below speed.)
     ``nn.Dropout`` is the identity here (prediction). Returns ``(S, n, out)``, a transposed view.
+
+    ``saved``, a list, receives each Linear layer's input as ``(tensor, feature_major)``: the shared
+    ``(n, d)`` or per-model ``(S, n, d)`` input of the first layer (``feature_major`` false), then the
+    ``(S, in, n)`` activations (true), which is what a backward pass needs.
     """
     h = x
     feature_major = False  # True once a Linear has laid the activations out as (S, h, n)
     for name, m in layout:
         if isinstance(m, nn.Linear):
+            if saved is not None:
+                saved.append((h, feature_major))
             w = params[f"{name}.weight"]  # (S, out, in)
             b = params.get(f"{name}.bias")  # (S, out) or None
             s, out_f, in_f = w.shape
