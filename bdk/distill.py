@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from .cache import Checkpointer, progress
 from .langevin import Potential
-from .samplers import SGLD, _mlp_layout, _stacked_mlp_forward, neg_log_posterior
+from .samplers import SGLD, PosteriorSamples, _mlp_layout, _stacked_mlp_forward, neg_log_posterior
 
 __all__ = [
     "classification_distillation_loss",
@@ -693,7 +693,8 @@ class Distiller:
        teacher sample's predictive on :math:`\\mathcal D'`;
     3. every ``thin`` iterations after the burn-in, the teacher's predictive on ``ensemble_inputs`` is
        added to a running :class:`EnsembleAverage` (the teacher ensemble, e.g. "SGLD" in the paper's
-       tables), and the last ``keep_samples`` parameter vectors are kept (for timing the ensemble).
+       tables), and the last ``keep_samples`` teacher samples are kept in a
+       ``bdk.samplers.PosteriorSamples`` store, :attr:`samples` (for timing the ensemble).
 
     :meth:`run` loops to a total number of iterations with a progress bar and, given a
     ``bdk.Checkpointer``, saves everything needed to resume bit for bit: teacher, students,
@@ -713,8 +714,9 @@ class Distiller:
         thin: average the teacher's predictive every ``thin`` iterations.
         ensemble_inputs: named inputs on which to average the teacher's predictive.
         ensemble_targets: named regression targets for the mixture log-likelihood.
-        keep_samples: keep the last ``keep_samples`` parameter vectors (needs ``teacher.sample_vector``).
-        keep_thin: keep a parameter vector every ``keep_thin`` iterations after the burn-in (default ``thin``).
+        keep_samples: keep the last ``keep_samples`` teacher samples (needs an :class:`SGLDTeacher`, whose
+            model's parameters are the sample) in :attr:`samples`, a ``PosteriorSamples`` sliding window.
+        keep_thin: keep a sample every ``keep_thin`` iterations after the burn-in (default ``thin``).
         generator: ``torch.Generator`` for minibatches and student data (on the data's device).
 
     Raises:
@@ -765,15 +767,18 @@ class Distiller:
         students = dict(students)
         if not students or not all(isinstance(s, Student) for s in students.values()):
             raise TypeError("students must be a Student or a non-empty mapping name -> Student.")
-        if keep_samples and not hasattr(teacher, "sample_vector"):
-            raise ValueError("keep_samples needs a teacher with sample_vector() (e.g. SGLDTeacher).")
+        if keep_samples and not isinstance(teacher, SGLDTeacher):
+            raise ValueError("keep_samples keeps the teacher's parameters as posterior samples, which needs an "
+                             f"SGLDTeacher; got {type(teacher).__name__}. Pass keep_samples=0.")
         self.teacher, self.students = teacher, students
         self.x, self.y, self.student_data, self.task = x, y, student_data, task
         self.batch_size, self.student_batch_size = batch_size, student_batch_size
         self.burn_in, self.thin, self.keep_samples, self.keep_thin = burn_in, thin, keep_samples, keep_thin
         self.generator = generator
         self.ensemble = EnsembleAverage(ensemble_inputs or {}, task, ensemble_targets) if ensemble_inputs else None
-        self.samples: list[torch.Tensor] = []
+        # the kept samples: the sample store of chapter 3, a sliding window of the last keep_samples
+        self.samples = (PosteriorSamples(teacher.model, max_samples=keep_samples, when_full="drop_oldest")
+                        if keep_samples else None)
         self.iteration = 0
         self.history: dict[str, list[float]] = {"teacher": [], **{name: [] for name in students}}
         self._perm = None
@@ -807,9 +812,7 @@ class Distiller:
             if self.ensemble is not None and (step - self.burn_in) % self.thin == 0:
                 self.ensemble.update(self.teacher)
             if self.keep_samples and (step - self.burn_in) % self.keep_thin == 0:
-                self.samples.append(self.teacher.sample_vector())
-                if len(self.samples) > self.keep_samples:
-                    self.samples.pop(0)
+                self.samples.add()  # the teacher model's current parameters
         self.iteration = step
 
     def run(self, num_iterations: int, checkpointer: Checkpointer | None = None,
@@ -853,7 +856,7 @@ class Distiller:
             "perm": self._perm,
             "cursor": self._cursor,
             "ensemble": None if self.ensemble is None else self.ensemble.state_dict(),
-            "samples": list(self.samples),
+            "samples": None if self.samples is None else self.samples.state_dict(),
             "history": {k: list(v) for k, v in self.history.items()},
         }
 
@@ -874,7 +877,13 @@ class Distiller:
         self._cursor = state["cursor"]
         if self.ensemble is not None and state["ensemble"] is not None:
             self.ensemble.load_state_dict(state["ensemble"])
-        self.samples = list(state["samples"])
+        saved = state["samples"]
+        if self.samples is not None:
+            if isinstance(saved, list):  # a checkpoint of the former list of flat vectors
+                for vector in saved:
+                    self.samples.add({n: v[0] for n, v in stack_samples(self.teacher.model, vector[None]).items()})
+            elif saved:
+                self.samples.load_state_dict(saved)
         self.history = {k: list(v) for k, v in state["history"].items()}
 
 

@@ -1225,6 +1225,22 @@ class PosteriorSamples:
     def __len__(self) -> int:
         return self._count
 
+    @classmethod
+    def from_stacked(cls, model: nn.Module, samples: dict[str, torch.Tensor],
+                     buffers: dict[str, torch.Tensor] | None = None,
+                     device: torch.device | str | None = None) -> "PosteriorSamples":
+        """A store holding the stacked samples ``{name: (S, ...)}`` of ``model``'s parameters (and
+        ``buffers``, for a model that has some), e.g. :meth:`stacked` of another store, sliced, or
+        ``bdk.distill.stack_samples`` of flat vectors.
+
+        Raises:
+            ValueError: as :meth:`load_state_dict` for samples that do not match the model.
+        """
+        store = cls(model, device=device)
+        count = next(iter(samples.values())).shape[0] if samples else 0
+        store.load_state_dict({"samples": samples, "buffers": buffers or {}, "num_steps": 0, "num_added": count})
+        return store
+
     # -- collecting -------------------------------------------------------------------------------
 
     def _due(self, step: int) -> bool:

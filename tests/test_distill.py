@@ -11,6 +11,7 @@ from torch import nn
 
 from bdk import distill as D
 from bdk.cache import Checkpointer
+from bdk.samplers import PosteriorSamples
 
 
 @contextmanager
@@ -227,19 +228,45 @@ def test_mlp_potential_matches_neg_log_posterior():
 
 
 def test_stacked_samples_give_the_ensemble_predictive_in_the_sample_store():
-    from bdk.experiments.bdk_mnist import ensemble_predictor
-
     torch.manual_seed(0)
     model = D.mlp((4, 6, 3))
     vectors = torch.randn(5, D.mlp_num_params((4, 6, 3)))
     stacked = D.stack_samples(model, vectors)
     assert {k: tuple(v.shape) for k, v in stacked.items()} == {k: (5, *p.shape) for k, p in model.named_parameters()}
     x = torch.randn(11, 4)
-    predict, _ = ensemble_predictor(model, vectors)
-    by_hand = torch.softmax(D.mlp_forward_flat(vectors, x, (4, 6, 3)), -1).mean(0)
-    torch.testing.assert_close(predict(x), by_hand)
+    store = PosteriorSamples.from_stacked(model, stacked)
+    by_hand = torch.stack([torch.softmax(torch.func.functional_call(model, {n: v[s] for n, v in stacked.items()}, (x,)), -1)
+                           for s in range(5)]).mean(0)  # one module call per sample
+    torch.testing.assert_close(store.predictive(x), by_hand)
+    torch.testing.assert_close(store.predictive(x), torch.softmax(D.mlp_forward_flat(vectors, x, (4, 6, 3)), -1).mean(0))
     with pytest.raises(ValueError):
         D.stack_samples(model, vectors[:, :-1])
+    with pytest.raises(ValueError, match="shape"):
+        PosteriorSamples.from_stacked(model, {n: v[:, :1] for n, v in stacked.items()})
+
+
+def test_the_distiller_keeps_its_samples_in_the_sample_store():
+    d = _sgld_distiller(burn_in=5)
+    kept = []
+    for _ in range(30):
+        d.step()
+        if d.iteration > 5 and (d.iteration - 5) % 3 == 0:  # keep_thin defaults to thin = 3
+            kept.append(torch.nn.utils.parameters_to_vector(d.teacher.model.parameters()).detach().clone())
+    assert isinstance(d.samples, PosteriorSamples) and len(d.samples) == 4  # the last keep_samples = 4
+    flat = torch.cat([v.flatten(1) for v in d.samples.stacked().values()], 1)
+    assert torch.equal(flat, torch.stack(kept[-4:]))
+    # a checkpoint of the former format (a list of flat vectors) resumes into the store
+    resumed = _sgld_distiller(burn_in=5)
+    state = d.state_dict()
+    state["samples"] = list(kept[-4:])
+    resumed.load_state_dict(state)
+    assert torch.equal(torch.cat([v.flatten(1) for v in resumed.samples.stacked().values()], 1), flat)
+    x, y = _toy()
+    model = D.mlp((2, 8, 2), dropout=0.3)
+    dropout = D.DropoutTeacher(model, torch.optim.SGD(model.parameters(), lr=0.05))
+    with pytest.raises(ValueError, match="SGLDTeacher"):
+        D.Distiller(dropout, D.Student.sgd(D.mlp((2, 4, 2)), 0.1), x, y, D.uniform_inputs([-1, -1], [1, 1]),
+                    batch_size=5, keep_samples=2)
 
 
 class _FixedTeacher:
@@ -310,7 +337,11 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, teacher_kind):
         assert torch.equal(a, b)
     assert torch.equal(full.ensemble.result("x"), resumed.ensemble.result("x"))
     assert full.history == resumed.history
-    assert len(full.samples) == len(resumed.samples) and all(torch.equal(a, b) for a, b in zip(full.samples, resumed.samples))
+    if teacher_kind != "sgld":
+        assert full.samples is None and resumed.samples is None  # keep_samples=0: no store
+        return
+    assert len(full.samples) == len(resumed.samples) == 4
+    assert all(torch.equal(full.samples.stacked()[n], v) for n, v in resumed.samples.stacked().items())
 
 
 def test_same_seed_same_run():
@@ -348,7 +379,7 @@ def test_student_approaches_the_teacher_on_the_toy_problem():
         p_initial = torch.softmax(m(grid), -1)
     d.run(500 + steps)
     p_teacher = d.ensemble.result("grid")
-    sample_preds = torch.softmax(D.mlp_forward_flat(torch.stack(d.samples), grid, (2, 10, 2)), -1)
+    sample_preds = torch.softmax(d.samples.forward_all(grid), -1)
     bound = torch.stack([D.categorical_kl(p_teacher, p).mean() for p in sample_preds]).mean().item()
     kl_student = D.categorical_kl(p_teacher, student.predict(grid)).mean().item()
     kl_initial = D.categorical_kl(p_teacher, p_initial).mean().item()
@@ -383,11 +414,12 @@ def test_time_predictive_reports_every_ensemble_size():
     torch.manual_seed(0)
     model, student = D.mlp((5, 8, 3)), D.mlp((5, 8, 3))
     vectors = torch.randn(6, D.mlp_num_params((5, 8, 3)))
-    cost = E.time_predictive(model, vectors, student, torch.randn(32, 5), num_samples=(1, 6))
+    store = PosteriorSamples.from_stacked(model, D.stack_samples(model, vectors))
+    cost = E.time_predictive(store, student, torch.randn(32, 5), num_samples=(1, 6))
     assert cost["num_samples"] == [1, 6] and len(cost["seconds"]) == 2 and cost["student_seconds"] > 0
     assert cost["param_bytes"] == [vectors.shape[1] * 4, 6 * vectors.shape[1] * 4]
     with pytest.raises(ValueError, match="only 6 were kept"):
-        E.time_predictive(model, vectors, student, torch.randn(4, 5), num_samples=(7,))
+        E.time_predictive(store, student, torch.randn(4, 5), num_samples=(7,))
 
 
 def test_alive_units_counts_relus_positive_somewhere_on_the_box():

@@ -47,33 +47,25 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-def ensemble_predictor(model: nn.Module, vectors: torch.Tensor):
-    """A function x -> ensemble predictive for the samples ``vectors``, through the sample store of
-    chapter 3 (``bdk.samplers.PosteriorSamples``, vectorised), and the name of what it runs."""
-    stacked = D.stack_samples(model, vectors)
-    store = PosteriorSamples(model, max_samples=vectors.shape[0], device=vectors.device)
-    for s in range(vectors.shape[0]):
-        store.add({n: v[s] for n, v in stacked.items()})
-    return (lambda x: store.predictive(x)), "bdk.samplers.PosteriorSamples.predictive"
-
-
-def time_predictive(model: nn.Module, sample_vectors: torch.Tensor, student: nn.Module, x: torch.Tensor,
+def time_predictive(samples: PosteriorSamples, student: nn.Module, x: torch.Tensor,
                     num_samples=(1, 10, 100), repeats: int = 1) -> dict:
     """Time (and size) the S-sample ensemble predictive against one student forward pass (chapter 6).
 
-    The ensemble is evaluated all at once over stacked samples (the vectorised predictive of
-    ``bdk.samplers.PosteriorSamples``) on the first ``S`` of
-    ``sample_vectors``; memory is the parameter storage ``S * P * 4`` bytes and, on CUDA, the peak
+    The ensemble of the first ``S`` samples of the store ``samples`` (``Distiller.samples``) is
+    evaluated all at once over stacked samples, by ``bdk.samplers.PosteriorSamples.predictive`` on
+    ``x``'s device; memory is the parameter storage ``S * P * 4`` bytes and, on CUDA, the peak
     allocated during the call. Each time is the best of ``repeats`` calls after a warm-up.
     """
     device = x.device
-    model = model.to(device).eval()
     student = student.to(device).eval()
-    out = {"num_samples": [], "seconds": [], "param_bytes": [], "peak_bytes": []}
+    stacked = samples.stacked()
+    out = {"num_samples": [], "seconds": [], "param_bytes": [], "peak_bytes": [],
+           "method": "bdk.samplers.PosteriorSamples.predictive"}
     for S in num_samples:
-        if S > sample_vectors.shape[0]:
-            raise ValueError(f"asked for an ensemble of {S} samples but only {sample_vectors.shape[0]} were kept.")
-        predict, out["method"] = ensemble_predictor(model, sample_vectors[:S].to(device))
+        if S > len(samples):
+            raise ValueError(f"asked for an ensemble of {S} samples but only {len(samples)} were kept.")
+        store = PosteriorSamples.from_stacked(samples.model, {n: v[:S] for n, v in stacked.items()}, device=device)
+        predict = store.predictive
         predict(x[:8])  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -82,9 +74,9 @@ def time_predictive(model: nn.Module, sample_vectors: torch.Tensor, student: nn.
         sec = best_time(lambda: predict(x), device, repeats)
         out["num_samples"].append(S)
         out["seconds"].append(sec)
-        out["param_bytes"].append(S * sample_vectors.shape[1] * sample_vectors.element_size())
+        out["param_bytes"].append(sum(v[:S].numel() * v.element_size() for v in stacked.values()))
         out["peak_bytes"].append(torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None)
-        del predict
+        del predict, store
     with torch.no_grad():
         student(x[:8])
         if device.type == "cuda":
@@ -167,16 +159,13 @@ def mnist(cfg: MnistConfig) -> dict:
                     f"only {len(distiller.samples)} thinned samples were kept; the cost table needs "
                     f"{max(cfg.cost_samples)}: lengthen the run or lower thin or cost_samples."
                 )
-            vectors = torch.stack(distiller.samples)
             xc = x_test.repeat((cfg.cost_inputs + x_test.shape[0] - 1) // x_test.shape[0], 1)[: cfg.cost_inputs]
             cpu_samples = tuple(S for S in cfg.cost_samples if S <= cfg.cost_cpu_max_samples)
-            timings = {"cpu": time_predictive(D.mlp(sizes), vectors.cpu(), student.model, xc.cpu(), cpu_samples,
-                                              cfg.cost_repeats)}
+            timings = {"cpu": time_predictive(distiller.samples, student.model, xc.cpu(), cpu_samples, cfg.cost_repeats)}
             if device.type == "cuda":
-                timings["cuda"] = time_predictive(D.mlp(sizes), vectors, student.model, xc, cfg.cost_samples,
-                                                  cfg.cost_repeats)
+                timings["cuda"] = time_predictive(distiller.samples, student.model, xc, cfg.cost_samples, cfg.cost_repeats)
             student.model.to(device)
-            del vectors, distiller
+            del distiller
         runs.append(res)
 
     summary = {}
