@@ -731,7 +731,13 @@ def run_chains(
     if burn_in > num_steps:
         raise ValueError(f"burn_in ({burn_in}) must not exceed num_steps ({num_steps}).")
     check = _finite_positions(desc) if check is None else check
-    trajectory = [_positions(state).clone()] if return_trajectory and burn_in == 0 else []
+    trajectory, kept = None, 0
+    if return_trajectory:  # kept: k = burn_in, burn_in + thin, ... <= num_steps, filled in place (no list to stack)
+        first = _positions(state)
+        trajectory = first.new_empty(((num_steps - burn_in) // thin + 1, *first.shape), requires_grad=False)
+        if burn_in == 0:
+            trajectory[0].copy_(first.detach())
+            kept = 1
     steps = range(1, num_steps + 1)
     if progress:
         steps = _progress(steps, desc=desc, total=num_steps)
@@ -742,9 +748,10 @@ def run_chains(
             check(state, last_check + 1, k)
             last_check = k
         if return_trajectory and k >= burn_in and (k - burn_in) % thin == 0:
-            trajectory.append(_positions(state).clone())
+            trajectory[kept].copy_(_positions(state).detach())
+            kept += 1
     if return_trajectory:
-        return state, torch.stack(trajectory)
+        return state, trajectory
     return state
 
 
