@@ -811,7 +811,7 @@ class Distiller:
         if learning:
             if self.ensemble is not None and (step - self.burn_in) % self.thin == 0:
                 self.ensemble.update(self.teacher)
-            if self.keep_samples and (step - self.burn_in) % self.keep_thin == 0:
+            if self.samples is not None and (step - self.burn_in) % self.keep_thin == 0:
                 self.samples.add()  # the teacher model's current parameters
         self.iteration = step
 
@@ -1289,10 +1289,8 @@ def mlp_value_and_grad_flat(theta: torch.Tensor, x: torch.Tensor, sizes: Sequenc
     The forward pass is :func:`mlp_forward_flat`'s, which keeps the activations feature-major:
     :math:`z_l = W_l h_{l-1} + b_l` with the inputs along the columns and :math:`h_l = \mathrm{relu}(z_l)`.
     With :math:`\delta_L = \partial \ell / \partial z_L` from ``loss_and_dout``:
-    :math:`
-abla_{W_l} = \delta_l h_{l-1}^	op`, :math:`
-abla_{b_l} = \sum_n \delta_l`,
-    :math:`\delta_{l-1} = (W_l^	op \delta_l) \odot [h_{l-1} > 0]`. ``tests/test_stacked.py`` checks it
+    :math:`\nabla_{W_l} = \delta_l h_{l-1}^\top`, :math:`\nabla_{b_l} = \sum_n \delta_l`,
+    :math:`\delta_{l-1} = (W_l^\top \delta_l) \odot [h_{l-1} > 0]`. ``tests/test_stacked.py`` checks it
     against autograd through :func:`mlp_forward_flat`.
 
     Args:

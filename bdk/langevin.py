@@ -734,7 +734,7 @@ def run_chains(
     trajectory, kept = None, 0
     if return_trajectory:  # kept: k = burn_in, burn_in + thin, ... <= num_steps, filled in place (no list to stack)
         first = _positions(state)
-        trajectory = first.new_empty(((num_steps - burn_in) // thin + 1, *first.shape), requires_grad=False)
+        trajectory = first.new_empty(((num_steps - burn_in) // thin + 1, *first.shape))
         if burn_in == 0:
             trajectory[0].copy_(first.detach())
             kept = 1
